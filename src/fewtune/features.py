@@ -1,0 +1,191 @@
+"""Image files -> embeddings: read, hash, decode and preprocess in background threads while the
+backbone runs, and skip all of that for images already in the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fewtune import images
+from fewtune.backbones import Backbone
+from fewtune.cache import FeatureCache, default_cache_dir
+from fewtune.errors import FewtuneError
+
+
+@dataclass
+class Embedded:
+    """Embeddings of the readable inputs, in input order.
+
+    Attributes:
+        features: (n_ok, dim) float32.
+        kept: indices into the input list of the rows of ``features``.
+        hashes: sha256 of each kept file's bytes (same order as ``features``).
+        bad: ``(path, reason)`` for inputs skipped under ``skip_bad``.
+        computed: how many embeddings the backbone computed (the rest came from the cache).
+    """
+
+    features: torch.Tensor
+    kept: list[int]
+    hashes: list[str]
+    bad: list[tuple[Path, str]] = field(default_factory=list)
+    computed: int = 0
+
+
+def build_transform(preprocessing: dict[str, Any]) -> Callable:
+    """timm's eval transform for these settings (resize, centre crop, normalise)."""
+    from timm.data import create_transform
+
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
+    return create_transform(**kwargs, is_training=False)
+
+
+def _hash_file(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def embed_files(
+    backbone: Backbone,
+    paths: Sequence[Path],
+    *,
+    cache: FeatureCache | None | bool = True,
+    batch_size: int = 32,
+    skip_bad: bool = False,
+    progress: bool = False,
+    transform: Callable | None = None,
+) -> Embedded:
+    """Embed image files with ``backbone``, reading what it can from the cache.
+
+    Args:
+        cache: a :class:`FeatureCache`, True for the default one, False/None for none.
+        skip_bad: skip unreadable images and report them in ``Embedded.bad`` instead of failing.
+        progress: show a progress bar (on stderr) when there is backbone work to do.
+        transform: overrides the backbone's preprocessing (for tests and benchmarks).
+    """
+    if cache is True:
+        cache = FeatureCache(default_cache_dir(), backbone.fingerprint, backbone.dim)
+    transform = transform or build_transform(backbone.preprocessing)
+    draft = int(max(backbone.preprocessing["input_size"][1:]) / backbone.preprocessing["crop_pct"]) + 1
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # pass 1: hash every file (bytes are not kept: a folder may hold gigabytes of photos)
+        hashed = list(pool.map(_safe(_hash_file), paths))
+        bad: dict[int, str] = {i: str(h) for i, h in enumerate(hashed) if isinstance(h, FewtuneError)}
+        hashes: list[str | None] = [h if isinstance(h, str) else None for h in hashed]
+        cached = cache.get_many(h for h in hashes if h) if cache else {}
+        vectors: dict[int, np.ndarray] = {i: cached[h] for i, h in enumerate(hashes) if h in cached}
+        todo = [i for i, h in enumerate(hashes) if h and h not in cached]
+
+        def prepare(i: int) -> torch.Tensor:
+            data, hashes[i] = _read(Path(paths[i]))  # re-hash: the row is keyed by the bytes embedded
+            return transform(images.decode(data, paths[i], draft_size=draft))
+
+        # pass 2: decode batch b+1 in the pool while the backbone runs on batch b
+        new_rows: dict[str, np.ndarray] = {}
+        computed = 0
+        batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+        with _progress_bar(len(todo), enabled=progress) as advance:
+            pending = [pool.submit(_prepare_batch, prepare, b) for b in batches[:1]]
+            for b, batch in enumerate(batches):
+                if b + 1 < len(batches):
+                    pending.append(pool.submit(_prepare_batch, prepare, batches[b + 1]))
+                tensors, errors = pending[b].result()
+                bad.update(errors)
+                ok = [i for i in batch if i not in errors]
+                if ok:
+                    out = backbone.embed(torch.stack([tensors[i] for i in ok])).numpy()
+                    computed += len(ok)
+                    for i, row in zip(ok, out):
+                        vectors[i] = row
+                        new_rows[hashes[i]] = row
+                advance(len(batch))
+        if cache:
+            cache.put_many(new_rows)
+
+    if bad and not skip_bad:
+        first = min(bad)
+        more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        raise FewtuneError(bad[first] + more)
+    kept = sorted(vectors)
+    features = torch.from_numpy(np.stack([vectors[i] for i in kept])) if kept else torch.empty(0, backbone.dim)
+    return Embedded(
+        features=features.float(),
+        kept=kept,
+        hashes=[hashes[i] for i in kept],
+        bad=[(Path(paths[i]), bad[i]) for i in sorted(bad)],
+        computed=computed,
+    )
+
+
+def _safe(fn: Callable) -> Callable:
+    """Return a FewtuneError instead of raising it, so one bad file doesn't stop a pool map."""
+
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except FewtuneError as exc:
+            return exc
+
+    return wrapped
+
+
+def _prepare_batch(prepare: Callable, batch: list[int]) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+    tensors, errors = {}, {}
+    for i in batch:
+        try:
+            tensors[i] = prepare(i)
+        except FewtuneError as exc:
+            errors[i] = str(exc)
+    return tensors, errors
+
+
+class _progress_bar:
+    """A rich progress bar on stderr that appears only for work worth watching (> 1 s)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled and total > 0, None
+
+    def __enter__(self) -> Callable[[int], None]:
+        self.start = time.monotonic()
+        self.done = 0
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.bar is None and time.monotonic() - self.start > 1.0 and self.done < self.total:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("embedding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task("embed", total=self.total, completed=self.done)
+        elif self.bar is not None:
+            self.bar.update(self.task, completed=self.done)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

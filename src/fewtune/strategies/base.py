@@ -1,0 +1,65 @@
+"""What every strategy is: something that learns from support embeddings and scores new ones.
+
+Strategies see embeddings, never images, so the same code classifies text once a sentence
+encoder provides the embeddings.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+
+class Strategy(abc.ABC):
+    """Base of all strategies (after easyfsl's ``FewShotClassifier``, as a real ABC).
+
+    Subclasses set ``name``, take their hyperparameters as keyword arguments, and implement
+    :meth:`fit`, :meth:`logits` and the tensor state used to save and load them.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        """Learn from the support set. features: (n, dim); labels: (n,) in ``[0, num_classes)``."""
+
+    @abc.abstractmethod
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Unnormalised class scores. features: (n, dim) -> (n, num_classes)."""
+
+    @abc.abstractmethod
+    def hyperparameters(self) -> dict[str, Any]:
+        """JSON-serialisable settings, enough to rebuild the strategy with ``cls(**hp)``."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Learned tensors, saved as safetensors."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def fit_report(self) -> dict[str, Any]:
+        """What fitting chose and why (e.g. a cross-validated setting), for config.json and the CLI."""
+        return {}
+
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, (n, num_classes), rows in the order of the classifier's classes."""
+        return self.logits(features).softmax(dim=1)
+
+
+def normalize(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows: on pretrained features, cosine geometry beats raw Euclidean."""
+    return F.normalize(features.float(), dim=-1)
+
+
+def check_support(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    """Fail early, with a readable message, on a support set no strategy can use."""
+    if features.ndim != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(f"expected features (n, dim) and labels (n,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+    present = torch.bincount(labels, minlength=num_classes)
+    if len(present) > num_classes or (present == 0).any():
+        raise ValueError(f"every class in [0, {num_classes}) needs at least one example; counts: {present.tolist()}")

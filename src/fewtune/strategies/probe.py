@@ -1,0 +1,129 @@
+"""Transfer learning by feature extraction: a linear head trained on frozen embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fewtune.strategies.base import Strategy, check_support, normalize
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class Probe(Strategy):
+    """Multinomial logistic regression on L2-normalised embeddings (the "linear probe").
+
+    Class-balanced, L2-regularised, solved to convergence with full-batch L-BFGS in float64 from a
+    zero start, so the same data always gives the same head. When every class has at least 3
+    examples the regularisation strength is chosen by stratified k-fold cross-validation over
+    ``l2_grid``; with fewer there is nothing to validate on and ``default_l2`` is used.
+
+    Args:
+        l2: fixed regularisation strength; ``None`` chooses it as described above.
+        default_l2: used when ``l2`` is None and cross-validation is impossible.
+        l2_grid: candidates for cross-validation.
+        folds: at most this many folds (fewer when a class has fewer examples).
+        seed: shuffles the folds.
+        max_iter: L-BFGS iterations per fit.
+    """
+
+    name = "probe"
+
+    def __init__(
+        self,
+        l2: float | None = None,
+        default_l2: float = 1e-2,
+        l2_grid: tuple[float, ...] | list[float] = L2_GRID,
+        folds: int = 5,
+        seed: int = 0,
+        max_iter: int = 100,
+    ):
+        if l2 is not None and not l2 > 0:
+            raise ValueError(f"l2 must be > 0, got {l2}")
+        if folds < 2:
+            raise ValueError(f"folds must be >= 2, got {folds}")
+        self.l2, self.default_l2, self.l2_grid = l2, float(default_l2), [float(x) for x in l2_grid]
+        self.folds, self.seed, self.max_iter = int(folds), int(seed), int(max_iter)
+        self.weight: torch.Tensor | None = None  # (num_classes, dim)
+        self.bias: torch.Tensor | None = None  # (num_classes,)
+        self._report: dict[str, Any] = {}
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        check_support(features, labels, num_classes)
+        x = normalize(features).double()
+        per_class = torch.bincount(labels, minlength=num_classes)
+        if self.l2 is not None:
+            l2, self._report = self.l2, {"l2": self.l2, "l2_chosen_by": "user"}
+        elif int(per_class.min()) >= 3:
+            l2, scores = self._cross_validate(x, labels, num_classes, int(min(self.folds, per_class.min())))
+            self._report = {"l2": l2, "l2_chosen_by": "cross-validation", "cv_accuracy": scores}
+        else:
+            l2, self._report = self.default_l2, {"l2": self.default_l2, "l2_chosen_by": "default (< 3 examples in a class)"}
+        weight, bias = _solve(x, labels, num_classes, l2, self.max_iter)
+        self.weight, self.bias = weight.float(), bias.float()
+
+    def _cross_validate(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int) -> tuple[float, dict]:
+        generator = torch.Generator().manual_seed(self.seed)
+        fold = torch.empty_like(labels)
+        for c in range(num_classes):  # stratified: deal each class's shuffled examples round-robin
+            members = (labels == c).nonzero().flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            fold[members] = torch.arange(len(members)) % k
+        results = {}
+        for l2 in self.l2_grid:
+            correct, nll = 0.0, 0.0
+            for f in range(k):
+                train, test = fold != f, fold == f
+                w, b = _solve(x[train], labels[train], num_classes, l2, self.max_iter)
+                logits = x[test] @ w.T + b
+                correct += float((logits.argmax(1) == labels[test]).sum())
+                nll += float(F.cross_entropy(logits, labels[test], reduction="sum"))
+            results[l2] = (correct / len(labels), -nll)
+        best = max(self.l2_grid, key=lambda l2: results[l2])  # accuracy first, then likelihood
+        return best, {str(l2): round(acc, 4) for l2, (acc, _) in results.items()}
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            raise RuntimeError("call fit() before logits()")
+        return normalize(features) @ self.weight.T + self.bias
+
+    def fit_report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "l2": self.l2, "default_l2": self.default_l2, "l2_grid": self.l2_grid,
+            "folds": self.folds, "seed": self.seed, "max_iter": self.max_iter,
+        }  # fmt: skip
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.weight, self.bias = state["weight"].float(), state["bias"].float()
+
+
+def _solve(x: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int):
+    """Minimise class-balanced cross-entropy + l2/2 * ||W||^2 (bias unpenalised). x: (n, dim) float64."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    sample_weight = (len(labels) / (num_classes * counts.clamp(min=1)))[labels]
+    sample_weight = sample_weight / sample_weight.sum()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+        history_size=20, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        losses = F.cross_entropy(x @ weight.T + bias, labels, reduction="none")
+        loss = (losses * sample_weight).sum() + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()

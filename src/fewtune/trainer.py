@@ -1,0 +1,93 @@
+"""The training pipeline in one call: dataset -> backbone -> cached features -> strategy."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewtune.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from fewtune.classifier import Classifier
+from fewtune.dataset import Dataset, load_dataset
+from fewtune.errors import FewtuneError
+from fewtune.features import embed_files
+from fewtune.strategies import create_strategy
+
+DEFAULT_STRATEGY = "prototype"
+
+
+def train(
+    data: str | Path | Dataset,
+    strategy: str = DEFAULT_STRATEGY,
+    *,
+    backbone: str | Backbone = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    skip_bad: bool = False,
+    cache: bool = True,
+    progress: bool = False,
+    **hyperparameters: Any,
+) -> Classifier:
+    """Train a classifier on a folder of ``<class>/<image>`` files or a ``path,label`` CSV.
+
+    Args:
+        data: the labelled images (a path, or a :class:`Dataset` already loaded).
+        strategy: ``"prototype"`` (no training, works from one example) or ``"probe"``
+            (linear head on frozen features); see :mod:`fewtune.strategies`.
+        backbone: a registered backbone name, a timm architecture (with ``weights``), or a built
+            :class:`Backbone` to reuse.
+        weights: local weights file for the backbone.
+        skip_bad: skip unreadable images (listed in ``classifier.training``) instead of failing.
+        cache: read and write embeddings in the on-disk feature cache.
+        progress: show a progress bar while embedding.
+        **hyperparameters: passed to the strategy, e.g. ``l2=0.01`` for ``probe``.
+    """
+    started = time.perf_counter()
+    model = create_strategy(strategy, **hyperparameters)  # bad settings fail before any heavy work
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    if not isinstance(backbone, Backbone):
+        backbone = create_backbone(backbone, weights)
+    embedded = embed_files(backbone, dataset.paths, cache=cache, skip_bad=skip_bad, progress=progress)
+    labels = torch.tensor([dataset.labels[i] for i in embedded.kept], dtype=torch.long)
+    empty = [c for i, c in enumerate(dataset.classes) if not (labels == i).any()]
+    if empty:
+        raise FewtuneError(f"{dataset.source}: class {empty[0]!r} has no readable images left after skipping bad files")
+    model.fit(embedded.features, labels, len(dataset.classes))
+
+    kept_paths = [dataset.paths[i] for i in embedded.kept]
+    summary = {
+        "source": str(dataset.source),
+        "images": len(kept_paths),
+        "per_class": dict(zip(dataset.classes, torch.bincount(labels, minlength=len(dataset.classes)).tolist())),
+        "skipped_non_images": dataset.skipped,
+        "bad_images": [{"path": str(p), "error": reason} for p, reason in embedded.bad],
+        "duplicates_across_classes": _duplicates_across_classes(kept_paths, embedded.hashes, labels, dataset.classes),
+        "embeddings_computed": embedded.computed,
+        "embeddings_from_cache": len(kept_paths) - embedded.computed,
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Classifier(
+        backbone=backbone,
+        strategy=model,
+        classes=list(dataset.classes),
+        support_features=embedded.features,
+        support_labels=labels,
+        fit_report=model.fit_report(),
+        training=summary,
+    )
+
+
+def _duplicates_across_classes(paths: list[Path], hashes: list[str], labels: torch.Tensor, classes: list[str]) -> list[dict]:
+    """Files with identical bytes filed under different classes: almost always a labelling mistake."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, digest in enumerate(hashes):
+        groups[digest].append(i)
+    found = []
+    for members in groups.values():
+        if len({int(labels[i]) for i in members}) > 1:
+            found.append({"classes": sorted({classes[int(labels[i])] for i in members}), "paths": [str(paths[i]) for i in members]})
+    return found
