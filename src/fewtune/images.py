@@ -73,7 +73,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(array.min()), float(array.max())
         scale = 255.0 / (high - low) if high > low else 0.0
         array = ((array - low) * scale).round().astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return Image.fromarray(array).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

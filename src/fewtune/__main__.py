@@ -1,0 +1,3 @@
+from fewtune.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""The bundled demo: teach fewtune six kinds of object from one photo each, then a few each."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fewtune.backbones import Backbone, create_backbone
+from fewtune.classifier import Classifier
+from fewtune.dataset import Dataset, load_dataset
+from fewtune.trainer import train
+
+SHOTS = (1, 3)  #: examples per class the demo trains on
+STRATEGIES = ("prototype", "probe")
+
+
+def demo_photos() -> Path:
+    """The bundled Caltech-101 photos (see ``demo_photos/ATTRIBUTION.md``)."""
+    return Path(str(resources.files("fewtune") / "demo_photos"))
+
+
+@dataclass
+class DemoResult:
+    """One (strategy, shots) run: accuracy on the held-out photos and what it got wrong."""
+
+    strategy: str
+    shots: int
+    accuracy: float
+    tested: int
+    seconds: float
+    mistakes: list[tuple[Path, str, str, float]]  # path, truth, predicted, score
+    classifier: Classifier
+
+
+def split(dataset: Dataset, shots: int, holdout_from: int) -> tuple[Dataset, list[tuple[Path, int]]]:
+    """First ``shots`` photos of each class to train on; photos from index ``holdout_from`` on to test.
+
+    The test photos are the same for every ``shots``, so the rows of the demo are comparable.
+    """
+    train_items, test_items, seen = [], [], {}
+    for path, label in zip(dataset.paths, dataset.labels):
+        rank = seen[label] = seen.get(label, -1) + 1
+        if rank < shots:
+            train_items.append((path, label))
+        elif rank >= holdout_from:
+            test_items.append((path, label))
+    subset = Dataset(
+        paths=[p for p, _ in train_items], labels=[l for _, l in train_items], classes=dataset.classes, source=dataset.source
+    )
+    return subset, test_items
+
+
+def run_demo(backbone: Backbone | None = None, progress: bool = True) -> list[DemoResult]:
+    """Train every strategy at every entry of :data:`SHOTS` and score it on the held-out photos."""
+    backbone = backbone or create_backbone()
+    dataset = load_dataset(demo_photos())
+    results = []
+    for shots in SHOTS:
+        subset, test_items = split(dataset, shots, holdout_from=max(SHOTS))
+        for strategy in STRATEGIES:
+            started = time.perf_counter()
+            classifier = train(subset, strategy, backbone=backbone, progress=progress)
+            predictions = classifier.predict([p for p, _ in test_items], progress=progress)
+            seconds = time.perf_counter() - started
+            truth = [dataset.classes[label] for _, label in test_items]
+            mistakes = [
+                (Path(p.path), t, p.label, p.score) for p, t in zip(predictions, truth) if p.label != t
+            ]
+            accuracy = 1 - len(mistakes) / len(test_items)
+            results.append(DemoResult(strategy, shots, accuracy, len(test_items), seconds, mistakes, classifier))
+    return results

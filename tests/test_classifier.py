@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import torch
+
+import fewtune
+from fewtune import classifier as classifier_module
+from fewtune.errors import FewtuneError
+
+
+@pytest.fixture
+def trained(tiny_backbone, colour_data):
+    return fewtune.train(colour_data, "probe", backbone=tiny_backbone)
+
+
+def test_train_summary(trained, colour_data):
+    assert trained.classes == ["blue", "green", "red"]
+    assert trained.training["per_class"] == {"blue": 3, "green": 3, "red": 3}
+    assert trained.fit_report["l2_chosen_by"] == "cross-validation"
+
+
+@pytest.mark.parametrize("strategy", ["prototype", "probe"])
+def test_save_load_predict_gives_identical_probabilities(tiny_backbone, colour_data, tmp_path, strategy):
+    clf = fewtune.train(colour_data, strategy, backbone=tiny_backbone)
+    clf.save(tmp_path / "m.fewtune")
+    loaded = fewtune.load(tmp_path / "m.fewtune")
+    assert loaded.classes == clf.classes and loaded.strategy.name == strategy
+    images = sorted(colour_data.rglob("*.png"))
+    assert torch.equal(torch.from_numpy(loaded.predict_proba(images)), torch.from_numpy(clf.predict_proba(images)))
+    assert [p.to_dict() for p in loaded.predict(images, top_k=3)] == [p.to_dict() for p in clf.predict(images, top_k=3)]
+
+
+def test_saved_folder_holds_only_json_and_safetensors(trained, tmp_path):
+    path = trained.save(tmp_path / "m.fewtune")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "strategy.safetensors", "support.safetensors"]
+    config = json.loads((path / "config.json").read_text())
+    assert config["format_version"] == classifier_module.FORMAT_VERSION
+    assert config["backbone"]["weights_sha256"] == trained.backbone.weights_sha256
+    assert config["classes"] == ["blue", "green", "red"]
+    assert config["strategy"]["name"] == "probe" and "l2" in config["strategy"]["fit"]
+
+
+def test_predictions_keep_label_and_score_together(trained, colour_data):
+    """top_k is sorted and its labels index the same probabilities as predict_proba's columns."""
+    images = sorted(colour_data.rglob("*.png"))
+    probabilities = trained.predict_proba(images)
+    for row, prediction in zip(probabilities, trained.predict(images, top_k=3)):
+        scores = [s for _, s in prediction.top_k]
+        assert scores == sorted(scores, reverse=True) and prediction.label == prediction.top_k[0][0]
+        for label, score in prediction.top_k:
+            assert score == pytest.approx(row[trained.classes.index(label)], abs=1e-6)
+    assert probabilities.sum(1) == pytest.approx(1.0)
+
+
+def test_interrupted_save_keeps_the_previous_model(trained, tmp_path, monkeypatch):
+    path = trained.save(tmp_path / "models" / "m.fewtune")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classifier_module, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trained.save(path)
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert [p.name for p in path.parent.iterdir()] == ["m.fewtune"]  # no staging folder left behind
+
+
+def test_save_never_overwrites_something_else(trained, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FewtuneError, match="exists and is not a fewtune classifier; choose another output path"):
+        trained.save(tmp_path / "photos")
+    assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_newer_format_is_refused(trained, tmp_path):
+    path = trained.save(tmp_path / "m.fewtune")
+    config = json.loads((path / "config.json").read_text())
+    config["format_version"] = 99
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FewtuneError, match=r"in format 99, newer than this fewtune .* reads \(format 1\); upgrade with `pip install -U fewtune`"):
+        fewtune.load(path)
+
+
+def test_other_backbone_weights_are_refused(trained, tmp_path):
+    path = trained.save(tmp_path / "m.fewtune")
+    config = json.loads((path / "config.json").read_text())
+    config["backbone"]["weights_sha256"] = "0" * 64
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FewtuneError, match=r"trained with test_efficientnet weights 000000000000… .* install the same weights or retrain"):
+        fewtune.load(path)
+
+
+def test_not_a_classifier(tmp_path):
+    with pytest.raises(FewtuneError, match="not a fewtune classifier \\(no config.json\\)"):
+        fewtune.load(tmp_path)
+
+
+def test_duplicates_across_classes_are_reported(tiny_backbone, colour_data):
+    (colour_data / "green" / "copy.png").write_bytes((colour_data / "red" / "0.png").read_bytes())
+    clf = fewtune.train(colour_data, backbone=tiny_backbone)
+    [duplicate] = clf.training["duplicates_across_classes"]
+    assert duplicate["classes"] == ["green", "red"]
+
+
+def test_skip_bad_reports_and_trains_on_the_rest(tiny_backbone, colour_data):
+    (colour_data / "red" / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(FewtuneError, match=r"broken\.png: not a readable image"):
+        fewtune.train(colour_data, backbone=tiny_backbone)
+    clf = fewtune.train(colour_data, backbone=tiny_backbone, skip_bad=True)
+    assert clf.training["images"] == 9 and clf.training["bad_images"][0]["path"].endswith("broken.png")
+
+
+def test_real_photos_end_to_end(real_backbone, photo_data, tmp_path):
+    """Three photos per class on the real backbone classify unseen photos of those classes."""
+    from conftest import unseen_photos
+
+    for strategy in ("prototype", "probe"):
+        clf = fewtune.train(photo_data, strategy, backbone=real_backbone)
+        clf.save(tmp_path / f"{strategy}.fewtune")
+        loaded = fewtune.load(tmp_path / f"{strategy}.fewtune", backbone=real_backbone)
+        for name in ("strawberry", "scissors", "sunflower"):
+            assert [p.label for p in loaded.predict(unseen_photos(name))] == [name] * 3

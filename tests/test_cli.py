@@ -1,0 +1,121 @@
+"""The command line: real invocations of `fewtune ...` through its entry point."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fewtune.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        main(list(map(str, argv)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def tiny_flags(tiny_weights) -> list[str]:
+    return ["--backbone", "test_efficientnet", "--weights", str(tiny_weights)]
+
+
+def test_train_predict_info(capsys, colour_data, tmp_path, tiny_flags):
+    model = tmp_path / "colours.fewtune"
+    code, _, err = run(capsys, "train", colour_data, "-o", model, "--strategy", "probe", *tiny_flags)
+    assert code == 0, err
+    assert "trained probe on 3 classes, 9 images" in err and "l2_chosen_by=cross-validation" in err
+
+    code, out, _ = run(capsys, "predict", model, colour_data / "red", "--top-k", "2", "--json", "-q")
+    results = json.loads(out)
+    assert code == 0 and len(results) == 3
+    assert set(results[0]) == {"path", "label", "score", "top_k"}
+    assert results[0]["top_k"][0] == {"label": results[0]["label"], "score": results[0]["score"]}
+    assert len(results[0]["top_k"]) == 2
+
+    code, out, _ = run(capsys, "predict", model, colour_data / "red" / "0.png", "--csv", "-q")
+    assert out.splitlines()[0] == "path,label,score,top_k" and len(out.splitlines()) == 2
+
+    code, out, _ = run(capsys, "predict", model, str(colour_data / "*" / "1.png"), "-q")
+    assert code == 0 and out.count("1.png") == 3
+
+    code, out, _ = run(capsys, "info", model)
+    assert code == 0 and "strategy:  probe" in out and "blue (3), green (3), red (3)" in out
+    code, out, _ = run(capsys, "info", model, "--json")
+    assert json.loads(out)["classes"] == ["blue", "green", "red"]
+
+
+def test_default_output_path(capsys, colour_data, tiny_flags):
+    code, _, err = run(capsys, "train", colour_data, *tiny_flags, "-q")
+    assert code == 0, err
+    assert (colour_data.with_name("colours.fewtune") / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "{tmp}/nowhere", "-o", "{tmp}/m"], r"nowhere: no such file or folder"),
+        (["train", "{data}", "-o", "{tmp}/m", "--strategy", "magic"], "unknown strategy 'magic': use one of prototype, probe"),
+        (["train", "{data}", "-o", "{tmp}/m", "--l2", "0.1"], "--l2 applies to --strategy probe only, not prototype"),
+        (["train", "{data}", "-o", "{tmp}/m", "--backbone", "nope"], "unknown backbone 'nope'"),
+        (["predict", "{tmp}", "x.jpg"], r"not a fewtune classifier \(no config.json\)"),
+        (["info", "{tmp}"], r"not a fewtune classifier \(no config.json\)"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, colour_data, tmp_path, argv, message):
+    import re
+
+    argv = [a.format(tmp=tmp_path, data=colour_data) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert re.search(message, err), err
+
+
+def test_predict_with_a_label_instead_of_a_path(capsys, colour_data, tmp_path, tiny_flags):
+    run(capsys, "train", colour_data, "-o", tmp_path / "m", *tiny_flags, "-q")
+    code, _, err = run(capsys, "predict", tmp_path / "m", "apple")
+    assert code == 2 and "apple: not a file, folder or glob that matches images" in err
+
+
+def test_corrupt_image_in_training_data(capsys, colour_data, tmp_path, tiny_flags):
+    (colour_data / "red" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    code, _, err = run(capsys, "train", colour_data, "-o", tmp_path / "m", *tiny_flags)
+    assert code == 2 and "broken.jpg: not a readable image" in err and "--skip-bad" in err
+    code, _, err = run(capsys, "train", colour_data, "-o", tmp_path / "m", *tiny_flags, "--skip-bad")
+    assert code == 0 and "skipped bad image" in err
+
+
+def test_usage_error_exits_2(capsys):
+    code, _, err = run(capsys, "train")
+    assert code == 2 and "Missing argument" in err
+
+
+def test_internal_error_exits_1_without_traceback(capsys, monkeypatch, colour_data, tmp_path, tiny_flags):
+    import fewtune.trainer
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(fewtune.trainer, "train", boom)
+    code, _, err = run(capsys, "train", colour_data, "-o", tmp_path / "m", *tiny_flags)
+    assert code == 1 and "internal error: RuntimeError: kaboom" in err and "Traceback" not in err
+
+
+def test_module_entry_point_and_version():
+    result = subprocess.run([sys.executable, "-m", "fewtune", "--version"], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("fewtune ")
+
+
+def test_demo_trains_and_predicts_on_the_bundled_photos(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "-q", "-o", tmp_path / "demo.fewtune")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["prototype"], ["probe"])]
+    assert len(rows) == 4
+    accuracies = [float(r[2].rstrip("%")) for r in rows]
+    assert min(accuracies) >= 85.0, out
+    assert (tmp_path / "demo.fewtune" / "config.json").is_file()

@@ -1,0 +1,83 @@
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_image
+from fewtune import load_dataset
+from fewtune.cache import FeatureCache
+from fewtune.errors import FewtuneError
+from fewtune.features import embed_files
+
+
+def test_second_pass_comes_from_the_cache(tiny_backbone, colour_data, tmp_path):
+    cache = FeatureCache(tmp_path, tiny_backbone.fingerprint, tiny_backbone.dim)
+    paths = load_dataset(colour_data).paths
+    first = embed_files(tiny_backbone, paths, cache=cache)
+    second = embed_files(tiny_backbone, paths, cache=cache)
+    assert (first.computed, second.computed) == (9, 0)
+    torch.testing.assert_close(first.features, second.features)
+    assert first.kept == list(range(9))
+
+
+def test_cache_matches_uncached_features(tiny_backbone, colour_data):
+    paths = load_dataset(colour_data).paths
+    torch.testing.assert_close(embed_files(tiny_backbone, paths, cache=False).features, embed_files(tiny_backbone, paths).features)
+
+
+def test_cache_is_keyed_by_content_not_name(tiny_backbone, colour_data, tmp_path):
+    cache = FeatureCache(tmp_path, tiny_backbone.fingerprint, tiny_backbone.dim)
+    original = colour_data / "red" / "0.png"
+    embed_files(tiny_backbone, [original], cache=cache)
+    moved = original.rename(tmp_path / "renamed.png")
+    assert embed_files(tiny_backbone, [moved], cache=cache).computed == 0
+    make_image(moved, (0, 0, 0))  # same name, new content
+    assert embed_files(tiny_backbone, [moved], cache=cache).computed == 1
+
+
+def test_corrupt_rows_are_recomputed(tiny_backbone, colour_data, tmp_path):
+    cache = FeatureCache(tmp_path, tiny_backbone.fingerprint, tiny_backbone.dim)
+    paths = load_dataset(colour_data).paths[:2]
+    good = embed_files(tiny_backbone, paths, cache=cache).features
+    with sqlite3.connect(cache.path) as db:
+        db.execute("UPDATE features SET vector = ?", (b"\x00\x01",))
+    again = embed_files(tiny_backbone, paths, cache=cache)
+    assert again.computed == 2
+    torch.testing.assert_close(again.features, good)
+
+
+def test_corrupt_cache_file_is_replaced_not_fatal(tiny_backbone, colour_data, tmp_path):
+    cache = FeatureCache(tmp_path, tiny_backbone.fingerprint, tiny_backbone.dim)
+    cache.close()
+    cache.path.write_bytes(b"this is not a database" * 100)
+    fresh = FeatureCache(tmp_path, tiny_backbone.fingerprint, tiny_backbone.dim)
+    assert embed_files(tiny_backbone, load_dataset(colour_data).paths, cache=fresh).computed == 9
+    assert cache.path.with_suffix(".corrupt").exists()
+
+
+def test_concurrent_writers_do_not_collide(tmp_path):
+    rows = [{f"{w}-{i}": np.full(8, w, np.float32) for i in range(200)} for w in range(4)]
+
+    def write(w):
+        FeatureCache(tmp_path, "f" * 64, 8).put_many(rows[w])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    found = FeatureCache(tmp_path, "f" * 64, 8).get_many(k for r in rows for k in r)
+    assert len(found) == 800 and found["3-7"][0] == 3
+
+
+def test_bad_image_stops_or_is_skipped(tiny_backbone, colour_data):
+    bad = colour_data / "red" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    paths = load_dataset(colour_data).paths
+    with pytest.raises(FewtuneError, match=r"broken\.jpg: not a readable image"):
+        embed_files(tiny_backbone, paths)
+    result = embed_files(tiny_backbone, paths, skip_bad=True)
+    assert len(result.kept) == 9 and [p.name for p, _ in result.bad] == ["broken.jpg"]
+    assert paths.index(bad) not in result.kept

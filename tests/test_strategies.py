@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from fewtune import create_strategy, list_strategies
+from fewtune.errors import FewtuneError
+from fewtune.strategies import Probe, Prototype, Strategy
+
+
+def blobs(per_class: int, num_classes: int = 3, dim: int = 16, seed: int = 0):
+    """Gaussian clusters around random centres: a separable toy embedding space."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_classes, dim, generator=generator) * 3
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return centres[labels] + torch.randn(len(labels), dim, generator=generator), labels
+
+
+def test_registry():
+    assert list_strategies() == ["prototype", "probe"]
+    with pytest.raises(FewtuneError, match="unknown strategy 'magic': use one of prototype, probe"):
+        create_strategy("magic")
+    with pytest.raises(FewtuneError, match="strategy 'prototype': temperature must be > 0"):
+        create_strategy("prototype", temperature=0)
+
+
+def test_base_is_abstract():
+    class Incomplete(Strategy):
+        name = "incomplete"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()
+
+
+def test_prototype_works_from_one_example():
+    features, labels = blobs(per_class=1)
+    strategy = Prototype()
+    strategy.fit(features, labels, 3)
+    assert strategy.logits(features).argmax(1).tolist() == [0, 1, 2]
+
+
+def test_prototype_is_the_normalised_class_mean():
+    features, labels = blobs(per_class=4)
+    strategy = Prototype(temperature=0.5)
+    strategy.fit(features, labels, 3)
+    unit = torch.nn.functional.normalize(features, dim=1)
+    expected = torch.nn.functional.normalize(unit[labels == 1].mean(0), dim=0)
+    torch.testing.assert_close(strategy.prototypes[1], expected)
+    torch.testing.assert_close(strategy.logits(features[:1])[0, 1], unit[0] @ expected / 0.5)
+
+
+def test_probe_learns_and_cross_validates():
+    features, labels = blobs(per_class=6)
+    strategy = Probe()
+    strategy.fit(features, labels, 3)
+    assert (strategy.logits(features).argmax(1) == labels).all()
+    report = strategy.fit_report()
+    assert report["l2_chosen_by"] == "cross-validation" and report["l2"] in strategy.l2_grid
+
+
+def test_probe_with_too_few_examples_uses_the_default():
+    features, labels = blobs(per_class=2)
+    strategy = Probe(default_l2=0.05)
+    strategy.fit(features, labels, 3)
+    assert strategy.fit_report() == {"l2": 0.05, "l2_chosen_by": "default (< 3 examples in a class)"}
+
+
+def test_probe_is_deterministic():
+    features, labels = blobs(per_class=5)
+    heads = []
+    for _ in range(2):
+        strategy = Probe(seed=3)
+        strategy.fit(features, labels, 3)
+        heads.append(strategy.state_dict())
+    assert torch.equal(heads[0]["weight"], heads[1]["weight"]) and torch.equal(heads[0]["bias"], heads[1]["bias"])
+
+
+def test_probe_balances_classes():
+    """A class with 1 example among classes with 20 still gets its own region."""
+    features, labels = blobs(per_class=20, seed=1)
+    keep = torch.cat([torch.nonzero(labels != 2).flatten(), torch.nonzero(labels == 2).flatten()[:1]])
+    strategy = Probe(l2=1e-2)
+    strategy.fit(features[keep], labels[keep], 3)
+    assert (strategy.logits(features[labels == 2]).argmax(1) == 2).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("name", ["prototype", "probe"])
+def test_state_round_trip(name):
+    features, labels = blobs(per_class=3)
+    strategy = create_strategy(name)
+    strategy.fit(features, labels, 3)
+    copy = create_strategy(name, **strategy.hyperparameters())
+    copy.load_state_dict(strategy.state_dict())
+    torch.testing.assert_close(copy.predict_proba(features), strategy.predict_proba(features))
+
+
+@pytest.mark.parametrize("name", ["prototype", "probe"])
+def test_every_class_needs_an_example(name):
+    features, labels = blobs(per_class=2)
+    with pytest.raises(ValueError, match=r"every class in \[0, 4\) needs at least one example"):
+        create_strategy(name).fit(features, labels, 4)
