@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for spec in specs:
         build(spec)  # fail on a bad name or setting before minutes of embedding
     limits = {spec: int(n) for spec, n in (item.rsplit("=", 1) for item in args.max_episodes)}
+    if unknown := set(limits) - set(specs):
+        raise SystemExit(f"--max-episodes names {', '.join(sorted(unknown))}, not in --strategies {args.strategies}")
     backbone = fewtune.create_backbone()
     results = []
     for folder in args.data:
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         embedded = embed_files(backbone, dataset.paths, cache=True, progress=True)
         print(f"{folder.name}: {len(dataset.paths)} images, {len(dataset.classes)} classes, "
               f"embedded in {time.perf_counter() - start:.1f} s ({embedded.computed} computed, rest cached)")  # fmt: skip
+        # Episodes are tiny problems: a second intra-op thread only adds sync cost, and makes them
+        # 10-80x slower whenever the other core is busy (measured on a 2-core machine).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         for way in ints(args.way):
             for shot in ints(args.shots):
                 episodes = sample_episodes(dataset.labels, way, shot, args.queries, args.episodes, seed=args.seed)
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     })  # fmt: skip
                     print(f"  {way}-way {shot}-shot {spec:>16}: {100 * mean:.2f} ± {100 * ci95:.2f} % "
                           f"({len(used)} episodes, {seconds:.1f} s)", flush=True)  # fmt: skip
+        torch.set_num_threads(threads)  # the next dataset's embedding wants every core
     print()
     print(markdown(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,3 +66,9 @@ def test_mean_ci95_by_hand():
     assert mean_ci95([0.7]) == (0.7, 0.0)
     with pytest.raises(ValueError, match="non-empty"):
         mean_ci95([])
+
+
+def test_fewer_episodes_are_a_prefix():
+    # a benchmark may score a slow strategy on the first N episodes only: they must be the same tasks
+    many = sample_episodes(LABELS, way=5, shot=1, queries=3, episodes=30, seed=5)
+    assert sample_episodes(LABELS, way=5, shot=1, queries=3, episodes=10, seed=5) == many[:10]

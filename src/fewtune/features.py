@@ -48,19 +48,7 @@ def build_transform(preprocessing: dict[str, Any]) -> Callable:
 
 
 def _hash_file(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
-
-
-def _read(path: Path) -> tuple[bytes, str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
-    return data, hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(images.read(path)).hexdigest()
 
 
 def embed_files(
@@ -90,41 +78,42 @@ def embed_files(
         # pass 1: hash every file (bytes are not kept: a folder may hold gigabytes of photos)
         hashed = list(pool.map(_safe(_hash_file), paths))
         bad: dict[int, str] = {i: str(h) for i, h in enumerate(hashed) if isinstance(h, FewtuneError)}
+        _raise_unless(skip_bad, bad)
         hashes: list[str | None] = [h if isinstance(h, str) else None for h in hashed]
         cached = cache.get_many(h for h in hashes if h) if cache else {}
         vectors: dict[int, np.ndarray] = {i: cached[h] for i, h in enumerate(hashes) if h in cached}
         todo = [i for i, h in enumerate(hashes) if h and h not in cached]
 
         def prepare(i: int) -> torch.Tensor:
-            data, hashes[i] = _read(Path(paths[i]))  # re-hash: the row is keyed by the bytes embedded
+            data = images.read(paths[i])
+            hashes[i] = hashlib.sha256(data).hexdigest()  # key the row by the bytes actually embedded
             return transform(images.decode(data, paths[i], draft_size=draft))
 
         # pass 2: decode batch b+1 in the pool while the backbone runs on batch b
         new_rows: dict[str, np.ndarray] = {}
         computed = 0
         batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
-        with _progress_bar(len(todo), enabled=progress) as advance:
-            pending = [pool.submit(_prepare_batch, prepare, b) for b in batches[:1]]
-            for b, batch in enumerate(batches):
-                if b + 1 < len(batches):
-                    pending.append(pool.submit(_prepare_batch, prepare, batches[b + 1]))
-                tensors, errors = pending[b].result()
-                bad.update(errors)
-                ok = [i for i in batch if i not in errors]
-                if ok:
-                    out = backbone.embed(torch.stack([tensors[i] for i in ok])).numpy()
-                    computed += len(ok)
-                    for i, row in zip(ok, out):
-                        vectors[i] = row
-                        new_rows[hashes[i]] = row
-                advance(len(batch))
-        if cache:
-            cache.put_many(new_rows)
+        try:
+            with _progress_bar(len(todo), enabled=progress) as advance:
+                pending = [pool.submit(_prepare_batch, prepare, b) for b in batches[:1]]
+                for b, batch in enumerate(batches):
+                    if b + 1 < len(batches):
+                        pending.append(pool.submit(_prepare_batch, prepare, batches[b + 1]))
+                    tensors, errors = pending[b].result()
+                    bad.update(errors)
+                    _raise_unless(skip_bad, errors)
+                    ok = [i for i in batch if i not in errors]
+                    if ok:
+                        out = backbone.embed(torch.stack([tensors[i] for i in ok])).numpy()
+                        computed += len(ok)
+                        for i, row in zip(ok, out):
+                            vectors[i] = row
+                            new_rows[hashes[i]] = row
+                    advance(len(batch))
+        finally:  # keep what was computed, even when a bad file or Ctrl-C stops the run
+            if cache:
+                cache.put_many(new_rows)
 
-    if bad and not skip_bad:
-        first = min(bad)
-        more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
-        raise FewtuneError(bad[first] + more)
     kept = sorted(vectors)
     features = torch.from_numpy(np.stack([vectors[i] for i in kept])) if kept else torch.empty(0, backbone.dim)
     return Embedded(
@@ -134,6 +123,13 @@ def embed_files(
         bad=[(Path(paths[i]), bad[i]) for i in sorted(bad)],
         computed=computed,
     )
+
+
+def _raise_unless(skip_bad: bool, bad: dict[int, str]) -> None:
+    """Stop at the first bad file (in input order) unless asked to skip such files."""
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        raise FewtuneError(bad[min(bad)] + more)
 
 
 def _safe(fn: Callable) -> Callable:

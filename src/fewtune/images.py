@@ -83,11 +83,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load(path: str | Path) -> Image.Image:
-    """Read and decode one image file (see :func:`decode`)."""
-    path = Path(path)
+def read(path: str | Path) -> bytes:
+    """A file's bytes, or a one-line error naming it."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
-    return decode(data, path)
+
+
+def load(path: str | Path) -> Image.Image:
+    """Read and decode one image file (see :func:`decode`)."""
+    return decode(read(path), path)
