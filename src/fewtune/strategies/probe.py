@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,30 +111,37 @@ def _solve(x: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, m
 
     With fewer examples than dimensions (the few-shot case) the optimum lies in the span of the
     examples (representer theorem), so we solve for W = A @ x with A: (num_classes, n) on the
-    n x n Gram matrix: the same minimiser, found many times faster.
+    n x n Gram matrix: the same minimiser, found many times faster. The loss and its gradient are
+    written out in NumPy for SciPy's L-BFGS-B: on problems this small, per-call overhead is the cost.
     """
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    sample_weight = (len(labels) / (num_classes * counts.clamp(min=1)))[labels]
-    sample_weight = sample_weight / sample_weight.sum()
-    dual = x.shape[0] < x.shape[1]
-    basis = x @ x.T if dual else x  # (n, n) Gram matrix, or the features themselves
-    coef = torch.zeros(num_classes, basis.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [coef, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
-        history_size=20, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+    from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        scores = basis @ coef.T  # (n, num_classes) = x @ W.T in both forms
-        penalty = (coef @ basis * coef).sum() if dual else coef.pow(2).sum()  # ||W||^2 = tr(A K A^T)
-        losses = F.cross_entropy(scores + bias, labels, reduction="none")
-        loss = (losses * sample_weight).sum() + 0.5 * l2 * penalty
-        loss.backward()
-        return loss
+    features, y = x.numpy(), labels.numpy()
+    counts = np.bincount(y, minlength=num_classes)
+    sample_weight = (len(y) / (num_classes * np.maximum(counts, 1)))[y]
+    sample_weight /= sample_weight.sum()
+    onehot = np.eye(num_classes)[y]
+    dual = features.shape[0] < features.shape[1]
+    basis = features @ features.T if dual else features  # (n, n) Gram matrix, or the features themselves
+    size = num_classes * basis.shape[1]
 
-    with torch.enable_grad():
-        optimizer.step(closure)
-    weight = coef.detach() @ x if dual else coef.detach()
-    return weight, bias.detach()
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        coef, bias = theta[:size].reshape(num_classes, -1), theta[size:]
+        scores = basis @ coef.T + bias  # (n, num_classes) = x @ W.T + b in both forms
+        scores -= scores.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scores).sum(axis=1))
+        loss = sample_weight @ (log_norm - (scores * onehot).sum(axis=1))
+        residual = sample_weight[:, None] * (np.exp(scores - log_norm[:, None]) - onehot)
+        shrink = coef @ basis if dual else coef  # ||W||^2 = tr(A K A^T) in the dual form
+        loss += 0.5 * l2 * (shrink * coef).sum()
+        grad_coef = residual.T @ basis + l2 * shrink
+        return loss, np.concatenate([grad_coef.ravel(), residual.sum(axis=0)])
+
+    start = np.zeros(size + num_classes)
+    with threadpool_limits(limits=1, user_api="blas"):  # threads only slow down matrices this small
+        options = {"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-12}
+        result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options=options)
+    coef, bias = result.x[:size].reshape(num_classes, -1), result.x[size:]
+    weight = coef @ features if dual else coef
+    return torch.from_numpy(weight), torch.from_numpy(bias)
