@@ -121,4 +121,19 @@ def test_real_photos_end_to_end(real_backbone, photo_data, tmp_path):
         clf.save(tmp_path / f"{strategy}.fewtune")
         loaded = fewtune.load(tmp_path / f"{strategy}.fewtune", backbone=real_backbone)
         for name in ("strawberry", "scissors", "sunflower"):
-            assert [p.label for p in loaded.predict(unseen_photos(name))] == [name] * 3
+            assert [p.label for p in loaded.predict(unseen_photos(name), open_set=False)] == [name] * 3
+
+
+def test_a_class_it_never_saw_is_unknown(real_backbone, photo_data):
+    """Taught strawberries and scissors from 3 photos each, it calls sunflowers "unknown"."""
+    from conftest import unseen_photos
+
+    import shutil
+
+    shutil.rmtree(photo_data / "sunflower")
+    clf = fewtune.train(photo_data, backbone=real_backbone)
+    sunflowers = clf.predict(unseen_photos("sunflower", 5))
+    assert all(p.is_unknown and p.label == "unknown" for p in sunflowers)
+    known = clf.predict(unseen_photos("scissors", 3))
+    assert [p.label for p in known] == ["scissors"] * 3 and not any(p.is_unknown for p in known)
+    assert min(p.novelty for p in sunflowers) > max(p.novelty for p in known)

@@ -11,10 +11,11 @@ Layout of ``name.fewtune/``::
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +26,71 @@ from safetensors.torch import load_file, save_file
 
 from fewtune._version import __version__
 from fewtune.backbones import REGISTRY, Backbone, create_backbone
+from fewtune.calibration import fit_temperature
 from fewtune.dataset import collect_inputs
 from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
+from fewtune.openset import calibrate_threshold, novelty
 from fewtune.strategies import Strategy, create_strategy
+from fewtune.strategies.base import class_means
 
 FORMAT = "fewtune-classifier"
 FORMAT_VERSION = 1
 
 
+DEFAULT_UNKNOWN_LABEL = "unknown"
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One input's result. ``top_k`` holds ``(label, probability)`` pairs, best first."""
+    """One input's result.
+
+    Attributes:
+        label: the best class, or the unknown label when the input was rejected.
+        score: the best class's probability (also when rejected: how close it came).
+        top_k: ``(label, probability)`` pairs, best first.
+        probabilities: every class's probability, in the classifier's class order.
+        novelty: 1 - cosine similarity to the nearest class prototype; higher = less familiar.
+        is_unknown: novelty is above the classifier's threshold (open-set mode only).
+    """
 
     path: str
     label: str
     score: float
     top_k: list[tuple[str, float]]
+    probabilities: dict[str, float] = field(default_factory=dict)
+    novelty: float = 0.0
+    is_unknown: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape scripts rely on: ``path, label, score, top_k: [{label, score}]``."""
+        """The JSON shape scripts rely on: ``path, label, score, top_k: [{label, score}]``, then
+        ``is_unknown``, ``novelty`` and ``probabilities`` (``{class: p}`` in class order)."""
         return {
             "path": self.path,
             "label": self.label,
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
+            "is_unknown": self.is_unknown,
+            "novelty": self.novelty,
+            "probabilities": dict(self.probabilities),
         }
+
+
+@dataclass
+class OpenSet:
+    """How the classifier answers "none of these".
+
+    Attributes:
+        enabled: reject inputs whose novelty is above ``threshold``.
+        threshold: calibrated from the support set by :func:`fewtune.openset.calibrate_threshold`.
+        unknown_label: the label a rejected input gets; no class may have this name.
+        calibration: how the threshold was chosen.
+    """
+
+    enabled: bool = True
+    threshold: float = math.inf
+    unknown_label: str = DEFAULT_UNKNOWN_LABEL
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,8 +98,11 @@ class Classifier:
     """Classifies images into ``classes``; build one with :func:`fewtune.train` or :func:`fewtune.load`.
 
     Attributes:
-        support_features: (n, dim) embeddings it was fitted on; support_labels: (n,).
+        support_features: (n, dim) embeddings it was fitted on; support_labels: (n,). Kept so
+            classes can be added or removed later without the original images.
         fit_report: what fitting chose and why (see :meth:`Strategy.fit_report`).
+        temperature: divides the strategy's logits so probabilities are calibrated.
+        calibration: how ``temperature`` was fitted.
         training: summary of the data it was trained on (counts, skipped files, duplicates...).
     """
 
@@ -69,34 +112,133 @@ class Classifier:
     support_features: torch.Tensor
     support_labels: torch.Tensor
     fit_report: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict)
+    open_set: OpenSet = field(default_factory=OpenSet)
     training: dict[str, Any] = field(default_factory=dict)
 
+    def refit(self) -> None:
+        """Fit the strategy, the temperature and the unknown threshold on the support set."""
+        check_class_names(self.classes, self.open_set.unknown_label)
+        features, labels, num_classes = self.support_features, self.support_labels, len(self.classes)
+        self.strategy.fit(features, labels, num_classes)
+        self.fit_report = self.strategy.fit_report()
+        held_out = self.strategy.held_out_logits(features, labels, num_classes)
+        if held_out is None:
+            self.temperature, self.calibration = 1.0, {"temperature": 1.0, "method": "none (a class has one example)"}
+        else:
+            self.temperature, self.calibration = fit_temperature(held_out, labels)
+            self.calibration["method"] = "temperature scaling on held-out support predictions"
+        threshold, how = calibrate_threshold(features, labels, num_classes)
+        self.open_set = replace(self.open_set, threshold=threshold, calibration=how)
+
     def predict(
-        self, inputs: list[str | Path] | str | Path, top_k: int = 1, *, skip_bad: bool = False, progress: bool = False
+        self,
+        inputs: list[str | Path] | str | Path,
+        top_k: int = 1,
+        *,
+        skip_bad: bool = False,
+        progress: bool = False,
+        open_set: bool | None = None,
+        unknown_threshold: float | None = None,
+        unknown_label: str | None = None,
     ) -> list[Prediction]:
-        """Classify image files, folders or glob patterns. Unreadable files raise, or with
-        ``skip_bad`` are left out of the result."""
+        """Classify image files, folders or glob patterns.
+
+        Args:
+            skip_bad: leave unreadable files out of the result instead of raising.
+            open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet` settings.
+        """
         paths = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
         embedded = embed_files(self.backbone, paths, skip_bad=skip_bad, progress=progress)
-        probabilities = self.predict_proba_features(embedded.features)
+        predictions = self.predict_features(
+            embedded.features, top_k, open_set=open_set, unknown_threshold=unknown_threshold, unknown_label=unknown_label
+        )
+        return [replace(p, path=str(paths[i])) for p, i in zip(predictions, embedded.kept)]
+
+    def predict_features(
+        self,
+        features: torch.Tensor,
+        top_k: int = 1,
+        *,
+        open_set: bool | None = None,
+        unknown_threshold: float | None = None,
+        unknown_label: str | None = None,
+    ) -> list[Prediction]:
+        """:meth:`predict` for embeddings already computed by this classifier's backbone (paths empty)."""
+        settings = self.open_set
+        reject = settings.enabled if open_set is None else open_set
+        threshold = settings.threshold if unknown_threshold is None else unknown_threshold
+        unknown = settings.unknown_label if unknown_label is None else unknown_label
+        probabilities = self.predict_proba_features(features)
+        novelty = self.novelty_features(features)
         k = max(1, min(top_k, len(self.classes)))
         scores, indices = probabilities.topk(k, dim=1)
         results = []
-        for row, i in enumerate(embedded.kept):
+        for row in range(len(features)):
             ranked = [(self.classes[c], round(float(s), 6)) for s, c in zip(scores[row], indices[row])]
-            results.append(Prediction(str(paths[i]), ranked[0][0], ranked[0][1], ranked))
+            is_unknown = bool(reject and novelty[row] > threshold)
+            results.append(
+                Prediction(
+                    path="",
+                    label=unknown if is_unknown else ranked[0][0],
+                    score=ranked[0][1],
+                    top_k=ranked,
+                    probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probabilities[row])},
+                    novelty=round(float(novelty[row]), 6),
+                    is_unknown=is_unknown,
+                )
+            )
         return results
 
     def predict_proba(self, inputs: list[str | Path]) -> np.ndarray:
-        """(n, num_classes) probabilities, columns in the order of ``classes``."""
+        """(n, num_classes) calibrated probabilities, columns in the order of ``classes``."""
         embedded = embed_files(self.backbone, collect_inputs(list(inputs)))
         return self.predict_proba_features(embedded.features).numpy()
 
     def predict_proba_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Probabilities from embeddings already computed by this classifier's backbone."""
+        """Calibrated probabilities from embeddings already computed by this classifier's backbone."""
         if features.shape[0] == 0:
             return torch.empty(0, len(self.classes))
-        return self.strategy.predict_proba(features)
+        return (self.strategy.logits(features) / self.temperature).softmax(dim=1)
+
+    def novelty_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(n,) novelty of each embedding (see :mod:`fewtune.openset`)."""
+        if features.shape[0] == 0:
+            return torch.empty(0)
+        return novelty(features, class_means(self.support_features, self.support_labels, len(self.classes)))
+
+    def add_examples(self, label: str, inputs: list[str | Path], *, progress: bool = False) -> int:
+        """Add a class from one or more examples, or more examples to a class, and refit.
+
+        Exact for ``prototype``; ``probe`` refits its head on the stored embeddings, in seconds.
+        Returns how many images were added.
+        """
+        label = label.strip()
+        check_class_names([*self.classes, label], self.open_set.unknown_label)
+        embedded = embed_files(self.backbone, collect_inputs(list(inputs)), progress=progress)
+        if label not in self.classes:
+            self.classes.append(label)
+        index = self.classes.index(label)
+        self.support_features = torch.cat([self.support_features, embedded.features])
+        self.support_labels = torch.cat([self.support_labels, torch.full((len(embedded.kept),), index)])
+        self.training.setdefault("per_class", {})[label] = int((self.support_labels == index).sum())
+        self.refit()
+        return len(embedded.kept)
+
+    def remove_class(self, label: str) -> None:
+        """Forget a class and its examples, and refit on the rest."""
+        if label not in self.classes:
+            raise FewtuneError(f"no class {label!r} to remove; the classes are {', '.join(self.classes)}")
+        if len(self.classes) <= 2:
+            raise FewtuneError(f"cannot remove {label!r}: a classifier needs at least two classes; add another first")
+        index = self.classes.index(label)
+        keep = self.support_labels != index
+        self.support_features = self.support_features[keep]
+        self.support_labels = self.support_labels[keep] - (self.support_labels[keep] > index).long()
+        self.classes.pop(index)
+        self.training.get("per_class", {}).pop(label, None)
+        self.refit()
 
     def config(self) -> dict[str, Any]:
         """Everything that describes this classifier, as saved in ``config.json``."""
@@ -117,6 +259,13 @@ class Classifier:
                 "name": self.strategy.name,
                 "hyperparameters": self.strategy.hyperparameters(),
                 "fit": self.fit_report,
+            },
+            "calibration": {**self.calibration, "temperature": self.temperature},
+            "open_set": {
+                "enabled": self.open_set.enabled,
+                "threshold": self.open_set.threshold,
+                "unknown_label": self.open_set.unknown_label,
+                "calibration": self.open_set.calibration,
             },
             "training": self.training,
         }
@@ -201,8 +350,23 @@ def load(path: str | Path, backbone: Backbone | None = None) -> Classifier:
         support_features=support["features"],
         support_labels=support["labels"],
         fit_report=config["strategy"].get("fit", {}),
+        temperature=float(config["calibration"]["temperature"]),
+        calibration=config["calibration"],
+        open_set=OpenSet(**config["open_set"]),
         training=config.get("training", {}),
     )
+
+
+def check_class_names(classes: list[str], unknown_label: str) -> None:
+    """Class names must be non-empty, distinct from the label given to rejected inputs."""
+    for name in classes:
+        if not name or name != name.strip():
+            raise FewtuneError(f"class name {name!r} is empty or has surrounding spaces; rename it")
+        if name == unknown_label:
+            raise FewtuneError(
+                f"a class is named {name!r}, the label given to inputs of no known class; rename the class "
+                f"or choose another with --unknown-label"
+            )
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -70,6 +70,15 @@ def train(
         Optional[float], typer.Option(help="probe only: L2 strength [default: chosen by cross-validation, >= 3 images a class].")
     ] = None,
     temperature: Annotated[Optional[float], typer.Option(help="prototype only: softmax temperature [default: 0.1].")] = None,
+    open_set: Annotated[
+        bool,
+        typer.Option(
+            "--open-set/--closed-set",
+            help="Open set: predict answers the unknown label for inputs like none of the classes "
+            "(threshold calibrated from the training images). Closed set: always one of the classes.",
+        ),
+    ] = True,
+    unknown_label: Annotated[str, typer.Option(help="Label for inputs of no known class; no class may be named so.")] = "unknown",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images and list them, instead of stopping.")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse embeddings from the on-disk feature cache.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
@@ -86,14 +95,15 @@ def train(
     output = output or data.with_name(f"{data.stem}.fewtune")
     classifier = train_classifier(
         data, strategy, backbone=backbone, weights=weights, skip_bad=skip_bad, cache=cache, progress=not quiet,
-        **hyperparameters,
+        open_set=open_set, unknown_label=unknown_label, **hyperparameters,
     )  # fmt: skip
     classifier.save(output)
     if not quiet:
-        _print_training_summary(classifier.training, classifier.fit_report, strategy, output)
+        _print_training_summary(classifier, output)
 
 
-def _print_training_summary(summary: dict, fit: dict, strategy: str, output: Path) -> None:
+def _print_training_summary(classifier, output: Path) -> None:
+    summary, fit, strategy = classifier.training, classifier.fit_report, classifier.strategy.name
     counts = summary["per_class"]
     err.print(
         f"trained [bold]{strategy}[/] on {len(counts)} classes, {summary['images']} images "
@@ -102,6 +112,8 @@ def _print_training_summary(summary: dict, fit: dict, strategy: str, output: Pat
     err.print("  examples per class: " + ", ".join(f"{name} {n}" for name, n in counts.items()), highlight=False)
     if fit:
         err.print("  fit: " + ", ".join(f"{k}={v}" for k, v in fit.items()), highlight=False)
+    err.print(f"  {_describe_calibration(classifier.calibration)}", highlight=False)
+    err.print(f"  {_describe_open_set(classifier.open_set)}", highlight=False)
     if summary["skipped_non_images"]:
         err.print(f"  skipped {summary['skipped_non_images']} non-image or hidden files")
     for bad in summary["bad_images"]:
@@ -113,6 +125,24 @@ def _print_training_summary(summary: dict, fit: dict, strategy: str, output: Pat
         )
 
 
+def _describe_calibration(calibration: dict) -> str:
+    if calibration.get("temperature", 1.0) == 1.0 and "nll_before" not in calibration:
+        return f"probabilities: not calibrated ({calibration.get('method', 'none')}); 2+ examples per class enable it"
+    return (
+        f"probabilities: temperature {calibration['temperature']:.3g} fitted on held-out support predictions "
+        f"(NLL {calibration['nll_before']} -> {calibration['nll_after']})"
+    )
+
+
+def _describe_open_set(settings) -> str:
+    if not settings.enabled:
+        return f"open set: off (--closed-set); novelty threshold {settings.threshold:.3f} if turned on"
+    return (
+        f"open set: inputs with novelty > {settings.threshold:.3f} are {settings.unknown_label!r} "
+        f"({settings.calibration.get('method', '')})"
+    )
+
+
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="A classifier folder saved by `fewtune train`.")],
@@ -122,33 +152,48 @@ def predict(
         bool, typer.Option("--json", help="Print one JSON array: {path, label, score, top_k: [{label, score}]} per image.")
     ] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV: path,label,score,top_k (label:score;...).")] = False,
+    open_set: Annotated[
+        Optional[bool],
+        typer.Option("--open-set/--closed-set", help="Override the classifier's saved choice of answering the unknown label."),
+    ] = None,
+    unknown_threshold: Annotated[
+        Optional[float], typer.Option(help="Reject inputs with novelty above this [default: the calibrated threshold].")
+    ] = None,
+    unknown_label: Annotated[Optional[str], typer.Option(help="Label for rejected inputs [default: as trained].")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images instead of stopping.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Classify images with a saved classifier."""
+    """Classify images with a saved classifier. Each result has the best label and its probability,
+    the top-k classes, every class's probability, a novelty score (higher = less like any class) and
+    whether it was rejected as unknown."""
     from fewtune.classifier import load
 
     if as_json and as_csv:
         raise FewtuneError("--json and --csv both given; choose one output format")
     classifier = load(model)
-    predictions = classifier.predict(inputs, top_k=top_k, skip_bad=skip_bad, progress=not quiet)
+    predictions = classifier.predict(
+        inputs, top_k=top_k, skip_bad=skip_bad, progress=not quiet, open_set=open_set,
+        unknown_threshold=unknown_threshold, unknown_label=unknown_label,
+    )  # fmt: skip
     if as_json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
     elif as_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "score", "top_k"])
+        writer.writerow(["path", "label", "score", "top_k", "is_unknown", "novelty"])
         for p in predictions:
-            writer.writerow([p.path, p.label, f"{p.score:.6f}", ";".join(f"{label}:{s:.6f}" for label, s in p.top_k)])
+            top = ";".join(f"{label}:{s:.6f}" for label, s in p.top_k)
+            writer.writerow([p.path, p.label, f"{p.score:.6f}", top, str(p.is_unknown).lower(), f"{p.novelty:.6f}"])
         sys.stdout.write(buffer.getvalue())
     else:
         table = Table(box=None)
         table.add_column("image", overflow="fold")
-        for column in ("label", "score", *(["next best"] if top_k > 1 else [])):
+        for column in ("label", "score", "novelty", *(["next best"] if top_k > 1 else [])):
             table.add_column(column)
         for p in predictions:
-            others = ", ".join(f"{label} {s:.2f}" for label, s in p.top_k[1:])
-            table.add_row(p.path, p.label, f"{p.score:.3f}", *([others] if top_k > 1 else []))
+            label = f"{p.label} (nearest: {p.top_k[0][0]})" if p.is_unknown else p.label
+            others = ", ".join(f"{name} {s:.2f}" for name, s in p.top_k[1:])
+            table.add_row(p.path, label, f"{p.score:.3f}", f"{p.novelty:.3f}", *([others] if top_k > 1 else []))
         out.print(table)
     if skip_bad and not quiet:
         predicted = {p.path for p in predictions}
@@ -187,8 +232,49 @@ def info(
         highlight=False,
     )
     out.print(f"  classes:   {len(config['classes'])}: " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in config["classes"]), highlight=False)
+    out.print(f"  {_describe_calibration(config['calibration'])}", highlight=False)
+    from fewtune.classifier import OpenSet
+
+    out.print(f"  {_describe_open_set(OpenSet(**config['open_set']))}", highlight=False)
     if training:
         out.print(f"  trained:   {training.get('created', '?')} on {training.get('images', '?')} images from {training.get('source', '?')}", highlight=False)
+
+
+@app.command()
+def add(
+    model: Annotated[Path, typer.Argument(help="A classifier folder saved by `fewtune train`; updated in place.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns showing the class.")],
+    label: Annotated[str, typer.Option("--label", "-l", help="The class: a new one, or an existing one to give more examples.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Add a class from as little as one example, or more examples to a class, without retraining
+    from the original images: exact for prototype; probe refits its head on stored embeddings."""
+    from fewtune.classifier import load
+
+    classifier = load(model)
+    existed = label in classifier.classes
+    added = classifier.add_examples(label, inputs, progress=not quiet)
+    classifier.save(model)
+    if not quiet:
+        verb = "added" if not existed else "extended"
+        count = classifier.training["per_class"][label]
+        err.print(f"{verb} class {label!r} with {added} images ({count} in all); {len(classifier.classes)} classes -> {model}", highlight=False)
+
+
+@app.command()
+def remove(
+    model: Annotated[Path, typer.Argument(help="A classifier folder saved by `fewtune train`; updated in place.")],
+    label: Annotated[str, typer.Option("--label", "-l", help="The class to forget.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
+) -> None:
+    """Forget a class and its examples."""
+    from fewtune.classifier import load
+
+    classifier = load(model)
+    classifier.remove_class(label)
+    classifier.save(model)
+    if not quiet:
+        err.print(f"removed class {label!r}; {len(classifier.classes)} classes left -> {model}", highlight=False)
 
 
 @app.command()
@@ -198,14 +284,16 @@ def demo(
 ) -> None:
     """Teach fewtune six objects from ONE photo each (bundled Caltech-101 photos), then from three,
     and classify photos it has never seen."""
-    from fewtune.demo import SHOTS, demo_photos, run_demo
+    from fewtune.backbones import create_backbone
+    from fewtune.demo import SHOTS, demo_photos, run_demo, run_open_set_demo
 
     photos = demo_photos()
     out.print(f"Demo photos: {photos} (Caltech-101, CC BY 4.0)", highlight=False)
     out.print("Teaching one photo per class:", highlight=False)
     for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
         out.print(f"  {folder.name:<11} <- {min(folder.iterdir()).name}", highlight=False)
-    results = run_demo(progress=not quiet)
+    backbone = create_backbone()
+    results = run_demo(backbone, progress=not quiet)
     table = Table("strategy", "photos per class", "accuracy on unseen photos", "seconds", title="Results", box=None)
     for r in results:
         table.add_row(r.strategy, str(r.shots), f"{r.accuracy:.1%} ({r.tested - len(r.mistakes)}/{r.tested})", f"{r.seconds:.1f}")
@@ -218,6 +306,12 @@ def demo(
             )
     if not any(r.mistakes for r in results):
         out.print("No mistakes.")
+    known, rejected, shown = run_open_set_demo(backbone)
+    out.print(
+        f"None of these: taught only {', '.join(known)} ({max(SHOTS)} photos each), it called "
+        f"{rejected} of {shown} watch photos 'unknown'.",
+        highlight=False,
+    )
     if output:
         results[-1].classifier.save(output)
         out.print(f"saved the {results[-1].strategy} classifier ({max(SHOTS)} photos per class) to {output}", highlight=False)

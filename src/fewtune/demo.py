@@ -62,7 +62,8 @@ def run_demo(backbone: Backbone | None = None, progress: bool = True) -> list[De
         for strategy in STRATEGIES:
             started = time.perf_counter()
             classifier = train(subset, strategy, backbone=backbone, progress=progress)
-            predictions = classifier.predict([p for p, _ in test_items], progress=progress)
+            # every test photo shows a known class: score the closed-set choice
+            predictions = classifier.predict([p for p, _ in test_items], progress=progress, open_set=False)
             seconds = time.perf_counter() - started
             truth = [dataset.classes[label] for _, label in test_items]
             mistakes = [
@@ -71,3 +72,22 @@ def run_demo(backbone: Backbone | None = None, progress: bool = True) -> list[De
             accuracy = 1 - len(mistakes) / len(test_items)
             results.append(DemoResult(strategy, shots, accuracy, len(test_items), seconds, mistakes, classifier))
     return results
+
+
+def run_open_set_demo(backbone: Backbone, held_out_class: str = "watch", shots: int = max(SHOTS)) -> tuple[list[str], int, int]:
+    """Train on every class but one, then show it photos of that one: how many come back unknown?
+
+    Returns the classes it knows, how many held-out photos it rejected, and how many it saw.
+    """
+    dataset = load_dataset(demo_photos())
+    subset, _ = split(dataset, shots, holdout_from=shots)
+    keep = [i for i, label in enumerate(subset.labels) if dataset.classes[label] != held_out_class]
+    known = [c for c in dataset.classes if c != held_out_class]
+    remap = {dataset.classes.index(c): i for i, c in enumerate(known)}
+    training = Dataset(
+        paths=[subset.paths[i] for i in keep], labels=[remap[subset.labels[i]] for i in keep], classes=known, source=dataset.source
+    )
+    classifier = train(training, "prototype", backbone=backbone)
+    photos = sorted((demo_photos() / held_out_class).iterdir())
+    rejected = sum(p.is_unknown for p in classifier.predict(photos))
+    return known, rejected, len(photos)

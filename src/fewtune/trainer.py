@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from fewtune.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from fewtune.classifier import Classifier
+from fewtune.classifier import DEFAULT_UNKNOWN_LABEL, Classifier, OpenSet, check_class_names
 from fewtune.dataset import Dataset, load_dataset
 from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
@@ -29,6 +29,8 @@ def train(
     skip_bad: bool = False,
     cache: bool = True,
     progress: bool = False,
+    open_set: bool = True,
+    unknown_label: str = DEFAULT_UNKNOWN_LABEL,
     **hyperparameters: Any,
 ) -> Classifier:
     """Train a classifier on a folder of ``<class>/<image>`` files or a ``path,label`` CSV.
@@ -43,11 +45,15 @@ def train(
         skip_bad: skip unreadable images (listed in ``classifier.training``) instead of failing.
         cache: read and write embeddings in the on-disk feature cache.
         progress: show a progress bar while embedding.
+        open_set: answer ``unknown_label`` for inputs like none of the classes (threshold
+            calibrated from the support set; see :mod:`fewtune.openset`).
+        unknown_label: the label of rejected inputs; no class may be named so.
         **hyperparameters: passed to the strategy, e.g. ``l2=0.01`` for ``probe``.
     """
     started = time.perf_counter()
     model = create_strategy(strategy, **hyperparameters)  # bad settings fail before any heavy work
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    check_class_names(dataset.classes, unknown_label)
     if not isinstance(backbone, Backbone):
         backbone = create_backbone(backbone, weights)
     embedded = embed_files(backbone, dataset.paths, cache=cache, skip_bad=skip_bad, progress=progress)
@@ -55,8 +61,6 @@ def train(
     empty = [c for i, c in enumerate(dataset.classes) if not (labels == i).any()]
     if empty:
         raise FewtuneError(f"{dataset.source}: class {empty[0]!r} has no readable images left after skipping bad files")
-    model.fit(embedded.features, labels, len(dataset.classes))
-
     kept_paths = [dataset.paths[i] for i in embedded.kept]
     summary = {
         "source": str(dataset.source),
@@ -70,15 +74,18 @@ def train(
         "seconds": round(time.perf_counter() - started, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return Classifier(
+    classifier = Classifier(
         backbone=backbone,
         strategy=model,
         classes=list(dataset.classes),
         support_features=embedded.features,
         support_labels=labels,
-        fit_report=model.fit_report(),
+        open_set=OpenSet(enabled=open_set, unknown_label=unknown_label),
         training=summary,
     )
+    classifier.refit()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return classifier
 
 
 def _duplicates_across_classes(paths: list[Path], hashes: list[str], labels: torch.Tensor, classes: list[str]) -> list[dict]:

@@ -46,6 +46,20 @@ class Strategy(abc.ABC):
         """What fitting chose and why (e.g. a cross-validated setting), for config.json and the CLI."""
         return {}
 
+    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """Logits of each support example from a copy fitted without it (stratified k-fold, k <= 5),
+        for calibration; None when a class has a single example. Subclasses may do it cheaper."""
+        counts = torch.bincount(labels, minlength=num_classes)
+        if int(counts.min()) < 2:
+            return None
+        fold = stratified_folds(labels, num_classes, int(min(5, counts.min())), seed=0)
+        out = torch.empty(len(labels), num_classes)
+        for f in range(int(fold.max()) + 1):
+            copy = type(self)(**self.hyperparameters())
+            copy.fit(features[fold != f], labels[fold != f], num_classes)
+            out[fold == f] = copy.logits(features[fold == f]).float()
+        return out
+
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities, (n, num_classes), rows in the order of the classifier's classes."""
         return self.logits(features).softmax(dim=1)
@@ -56,6 +70,12 @@ def normalize(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=-1)
 
 
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, dim) unit-norm prototypes: the normalised sum of each class's unit embeddings."""
+    sums = torch.zeros(num_classes, features.shape[1]).index_add_(0, labels, normalize(features))
+    return normalize(sums)
+
+
 def check_support(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     """Fail early, with a readable message, on a support set no strategy can use."""
     if features.ndim != 2 or labels.shape != (features.shape[0],):
@@ -63,3 +83,14 @@ def check_support(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     present = torch.bincount(labels, minlength=num_classes)
     if len(present) > num_classes or (present == 0).any():
         raise ValueError(f"every class in [0, {num_classes}) needs at least one example; counts: {present.tolist()}")
+
+
+def stratified_folds(labels: torch.Tensor, num_classes: int, k: int, seed: int) -> torch.Tensor:
+    """(n,) fold index per example: each class's shuffled examples dealt round-robin into k folds."""
+    generator = torch.Generator().manual_seed(seed)
+    fold = torch.empty_like(labels)
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        fold[members] = torch.arange(len(members)) % k
+    return fold

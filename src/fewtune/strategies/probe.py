@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fewtune.strategies.base import Strategy, check_support, normalize
+from fewtune.strategies.base import Strategy, check_support, normalize, stratified_folds
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -50,10 +50,12 @@ class Probe(Strategy):
         self.weight: torch.Tensor | None = None  # (num_classes, dim)
         self.bias: torch.Tensor | None = None  # (num_classes,)
         self._report: dict[str, Any] = {}
+        self._held_out: torch.Tensor | None = None  # cross-validated logits of the support set
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
         check_support(features, labels, num_classes)
         x = normalize(features).double()
+        self._held_out = None
         per_class = torch.bincount(labels, minlength=num_classes)
         if self.l2 is not None:
             l2, self._report = self.l2, {"l2": self.l2, "l2_chosen_by": "user"}
@@ -66,24 +68,26 @@ class Probe(Strategy):
         self.weight, self.bias = weight.float(), bias.float()
 
     def _cross_validate(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int) -> tuple[float, dict]:
-        generator = torch.Generator().manual_seed(self.seed)
-        fold = torch.empty_like(labels)
-        for c in range(num_classes):  # stratified: deal each class's shuffled examples round-robin
-            members = (labels == c).nonzero().flatten()
-            members = members[torch.randperm(len(members), generator=generator)]
-            fold[members] = torch.arange(len(members)) % k
-        results = {}
+        fold = stratified_folds(labels, num_classes, k, self.seed)
+        results, held_out = {}, {}
         for l2 in self.l2_grid:
-            correct, nll = 0.0, 0.0
+            logits = torch.empty(len(labels), num_classes, dtype=torch.float64)
             for f in range(k):
                 train, test = fold != f, fold == f
                 w, b = _solve(x[train], labels[train], num_classes, l2, self.max_iter)
-                logits = x[test] @ w.T + b
-                correct += float((logits.argmax(1) == labels[test]).sum())
-                nll += float(F.cross_entropy(logits, labels[test], reduction="sum"))
-            results[l2] = (correct / len(labels), -nll)
+                logits[test] = x[test] @ w.T + b
+            correct = float((logits.argmax(1) == labels).sum())
+            results[l2] = (correct / len(labels), -float(F.cross_entropy(logits, labels)))
+            held_out[l2] = logits.float()
         best = max(self.l2_grid, key=lambda l2: results[l2])  # accuracy first, then likelihood
+        self._held_out = held_out[best]
         return best, {str(l2): round(acc, 4) for l2, (acc, _) in results.items()}
+
+    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """Reuses the cross-validation predictions at the chosen l2 when fit() made them."""
+        if self._held_out is not None and len(self._held_out) == len(labels):
+            return self._held_out
+        return super().held_out_logits(features, labels, num_classes)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.weight is None:

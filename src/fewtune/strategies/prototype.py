@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fewtune.strategies.base import Strategy, check_support, normalize
+from fewtune.strategies.base import Strategy, check_support, class_means, normalize
 
 
 class Prototype(Strategy):
@@ -32,13 +32,24 @@ class Prototype(Strategy):
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
         check_support(features, labels, num_classes)
-        sums = torch.zeros(num_classes, features.shape[1]).index_add_(0, labels, normalize(features))
-        self.prototypes = normalize(sums)  # normalising the sum = normalising the mean
+        self.prototypes = class_means(features, labels, num_classes)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.prototypes is None:
             raise RuntimeError("call fit() before logits()")
         return normalize(features) @ self.prototypes.T / self.temperature
+
+    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        """Exact leave-one-out: each example against its own prototype rebuilt without it."""
+        counts = torch.bincount(labels, minlength=num_classes)
+        if int(counts.min()) < 2:
+            return None
+        unit = normalize(features)
+        sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
+        similarity = unit @ normalize(sums).T
+        own = torch.arange(len(labels))
+        similarity[own, labels] = (unit * normalize(sums[labels] - unit)).sum(dim=1)
+        return similarity / self.temperature
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"temperature": self.temperature}
