@@ -214,17 +214,21 @@ class Classifier:
         Exact for ``prototype``; ``probe`` refits its head on the stored embeddings, in seconds.
         Returns how many images were added.
         """
-        label = label.strip()
         check_class_names([*self.classes, label], self.open_set.unknown_label)
         embedded = embed_files(self.backbone, collect_inputs(list(inputs)), progress=progress)
+        self.add_features(label, embedded.features)
+        return len(embedded.kept)
+
+    def add_features(self, label: str, features: torch.Tensor) -> None:
+        """:meth:`add_examples` for embeddings already computed by this classifier's backbone."""
+        check_class_names([*self.classes, label], self.open_set.unknown_label)
         if label not in self.classes:
             self.classes.append(label)
         index = self.classes.index(label)
-        self.support_features = torch.cat([self.support_features, embedded.features])
-        self.support_labels = torch.cat([self.support_labels, torch.full((len(embedded.kept),), index)])
+        self.support_features = torch.cat([self.support_features, features])
+        self.support_labels = torch.cat([self.support_labels, torch.full((len(features),), index)])
         self.training.setdefault("per_class", {})[label] = int((self.support_labels == index).sum())
         self.refit()
-        return len(embedded.kept)
 
     def remove_class(self, label: str) -> None:
         """Forget a class and its examples, and refit on the rest."""

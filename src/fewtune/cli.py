@@ -278,6 +278,40 @@ def remove(
 
 
 @app.command()
+def serve(
+    model: Annotated[Optional[Path], typer.Argument(help="A saved classifier to start from [default: start empty].")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on; the default is this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    strategy: Annotated[str, typer.Option(help="Strategy for a classifier taught from scratch.")] = "prototype",
+    models_dir: Annotated[Path, typer.Option(help="Where POST /models/save?name=NAME writes NAME.fewtune.")] = Path("models"),
+    token: Annotated[
+        Optional[str], typer.Option(envvar="FEWTUNE_TOKEN", help="Require 'Authorization: Bearer TOKEN' on write endpoints.")
+    ] = None,
+    max_image_mb: Annotated[float, typer.Option(help="Largest accepted upload per image, in MB.")] = 10.0,
+) -> None:
+    """Serve an HTTP API (OpenAPI docs at /docs) and a web page at / where you teach and test a
+    classifier: add classes from one photo each, drop test photos, save the model."""
+    try:
+        import uvicorn
+
+        from fewtune.server import ServerConfig, create_app
+    except ImportError:
+        raise FewtuneError("the server needs its extra: pip install 'fewtune[serve]'") from None
+    from fewtune.backbones import create_backbone
+    from fewtune.classifier import load
+    from fewtune.strategies import create_strategy
+
+    create_strategy(strategy)
+    classifier = load(model) if model else None
+    backbone = classifier.backbone if classifier else create_backbone()
+    config = ServerConfig(
+        strategy=strategy, model_path=model, models_dir=models_dir, token=token, max_image_bytes=int(max_image_mb * 1024 * 1024)
+    )
+    err.print(f"fewtune serving on http://{host}:{port}/  (API docs: /docs)", highlight=False)
+    uvicorn.run(create_app(backbone, classifier, config), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def demo(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also save the last classifier trained here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

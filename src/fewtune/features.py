@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fewtune import images
 from fewtune.backbones import Backbone
@@ -123,6 +124,15 @@ def embed_files(
         bad=[(Path(paths[i]), bad[i]) for i in sorted(bad)],
         computed=computed,
     )
+
+
+def embed_images(backbone: Backbone, pictures: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+    """(n, dim) embeddings of pictures already decoded to RGB (e.g. uploads), uncached."""
+    transform = build_transform(backbone.preprocessing)
+    if not pictures:
+        return torch.empty(0, backbone.dim)
+    batches = [torch.stack([transform(p) for p in pictures[s : s + batch_size]]) for s in range(0, len(pictures), batch_size)]
+    return torch.cat([backbone.embed(b) for b in batches])
 
 
 def _raise_unless(skip_bad: bool, bad: dict[int, str]) -> None:

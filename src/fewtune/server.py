@@ -1,0 +1,293 @@
+"""`fewtune serve`: an HTTP API and a one-page app to teach and test a classifier in the browser.
+
+The examples the server has been taught (their embeddings, per label) are the source of truth;
+every change builds a new :class:`Classifier` to the side and swaps it in under a lock, so a
+request never sees a half-updated model. The backbone runs in worker threads, never on the event
+loop, and concurrent predictions are batched into one forward pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from fewtune.backbones import Backbone
+from fewtune.classifier import Classifier, OpenSet, check_class_names
+from fewtune.errors import FewtuneError
+from fewtune.features import embed_images
+from fewtune.images import decode
+from fewtune.strategies import create_strategy
+
+LABEL = re.compile(r"^[\w][\w .+\-]{0,62}$")  # letters, digits, _ . + - and spaces; no path separators
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MAX_FILES = 64
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server.
+
+    Attributes:
+        model_path: where `POST /models/save` writes when no name is given (the model it loaded).
+        models_dir: folder for named saves; names are validated, so nothing escapes it.
+        token: bearer token required on write endpoints, if set.
+        max_image_bytes: uploads larger than this are refused with 413.
+    """
+
+    strategy: str = "prototype"
+    model_path: Path | None = None
+    models_dir: Path = Path("models")
+    token: str | None = None
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    batch_window_s: float = 0.005
+    open_set: OpenSet = field(default_factory=OpenSet)
+
+
+class Teacher:
+    """The taught examples and the classifier built from them (None until two classes exist)."""
+
+    def __init__(self, backbone: Backbone, config: ServerConfig, classifier: Classifier | None = None):
+        self.backbone, self.config = backbone, config
+        self._lock = threading.Lock()
+        self.examples: dict[str, torch.Tensor] = {}
+        self.classifier = classifier
+        if classifier is not None:
+            config.strategy = classifier.strategy.name
+            config.open_set = replace(classifier.open_set)
+            for index, label in enumerate(classifier.classes):
+                self.examples[label] = classifier.support_features[classifier.support_labels == index]
+
+    def counts(self) -> dict[str, int]:
+        return {label: len(features) for label, features in self.examples.items()}
+
+    def add(self, label: str, features: torch.Tensor) -> None:
+        with self._lock:
+            previous = self.examples.get(label)
+            self.examples[label] = features if previous is None else torch.cat([previous, features])
+            self._rebuild()
+
+    def remove(self, label: str) -> None:
+        with self._lock:
+            if label not in self.examples:
+                raise KeyError(label)
+            del self.examples[label]
+            self._rebuild()
+
+    def retrain(self, strategy: str | None = None) -> None:
+        with self._lock:
+            if strategy is not None:
+                create_strategy(strategy)  # validate before switching
+                self.config.strategy = strategy
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Fit a new classifier on every example, then swap it in (one reference assignment)."""
+        if len(self.examples) < 2:
+            self.classifier = None
+            return
+        classes = list(self.examples)
+        labels = torch.cat([torch.full((len(f),), i) for i, f in enumerate(self.examples.values())])
+        classifier = Classifier(
+            backbone=self.backbone,
+            strategy=create_strategy(self.config.strategy),
+            classes=classes,
+            support_features=torch.cat(list(self.examples.values())),
+            support_labels=labels,
+            open_set=replace(self.config.open_set),
+            training={"source": "fewtune serve", "images": len(labels), "per_class": self.counts()},
+        )
+        classifier.refit()
+        self.classifier = classifier
+
+
+class Batcher:
+    """Collects pictures from concurrent requests for a few milliseconds, embeds them in one batch."""
+
+    def __init__(self, backbone: Backbone, window_s: float, max_batch: int = 32):
+        self.backbone, self.window_s, self.max_batch = backbone, window_s, max_batch
+        self._pending: list[tuple[list[Image.Image], Future]] = []
+        self._cv = threading.Condition()
+        threading.Thread(target=self._run, daemon=True, name="fewtune-batcher").start()
+
+    def embed(self, pictures: list[Image.Image]) -> torch.Tensor:
+        future: Future = Future()
+        with self._cv:
+            self._pending.append((pictures, future))
+            self._cv.notify()
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending)
+                self._cv.wait(timeout=self.window_s)  # let concurrent requests join this batch
+                batch, size = [], 0
+                while self._pending and (not batch or size + len(self._pending[0][0]) <= self.max_batch):
+                    batch.append(self._pending.pop(0))
+                    size += len(batch[-1][0])
+            try:
+                features = embed_images(self.backbone, [p for pictures, _ in batch for p in pictures])
+            except Exception as exc:  # noqa: BLE001 - hand the failure to the waiting requests
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            start = 0
+            for pictures, future in batch:
+                future.set_result(features[start : start + len(pictures)])
+                start += len(pictures)
+
+
+def create_app(backbone: Backbone, classifier: Classifier | None = None, config: ServerConfig | None = None):
+    """The ASGI app. ``classifier`` seeds it (e.g. a loaded model); without one it starts empty."""
+    config = config or ServerConfig()
+    teacher = Teacher(backbone, config, classifier)
+    batcher = Batcher(backbone, config.batch_window_s)
+    app = FastAPI(title="fewtune", version=_version(), description="Teach and test a few-shot image classifier.")
+    app.state.teacher = teacher
+
+    def require_token(request: Request) -> None:
+        if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
+            raise HTTPException(401, "this endpoint needs the header 'Authorization: Bearer <token>' given to `fewtune serve --token`")
+
+    def valid_label(label: str) -> str:
+        label = label.strip()
+        if not LABEL.fullmatch(label) or ".." in label:
+            raise HTTPException(422, f"invalid label {label!r}: use 1-63 letters, digits, spaces, '_', '.', '+' or '-'")
+        try:
+            check_class_names([label], config.open_set.unknown_label)
+        except FewtuneError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return label
+
+    async def read_images(request: Request) -> list[tuple[str, bytes]]:
+        """Multipart ``file`` fields, or JSON ``{"images": [{"name": ..., "data": base64}]}``."""
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > config.max_image_bytes * MAX_FILES + 1_000_000:
+            raise HTTPException(413, f"request too large: at most {MAX_FILES} images of {config.max_image_bytes:,} bytes")
+        kind = request.headers.get("content-type", "")
+        items: list[tuple[str, bytes]] = []
+        if kind.startswith("multipart/form-data"):
+            form = await request.form(max_files=MAX_FILES)
+            for upload in form.getlist("file"):
+                if isinstance(upload, str):
+                    raise HTTPException(422, "each 'file' field must be a file upload")
+                if upload.size is not None and upload.size > config.max_image_bytes:
+                    raise HTTPException(413, f"{upload.filename}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
+                if not (upload.content_type or "").startswith("image/"):
+                    raise HTTPException(415, f"{upload.filename}: content type {upload.content_type!r} is not an image")
+                items.append((upload.filename or "upload", await upload.read()))
+        elif kind.startswith("application/json"):
+            try:
+                body = await request.json()
+                for entry in body["images"]:
+                    items.append((str(entry.get("name", "upload")), base64.b64decode(entry["data"], validate=True)))
+            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+                raise HTTPException(422, 'expected JSON {"images": [{"name": "a.jpg", "data": "<base64>"}]}') from None
+        else:
+            raise HTTPException(415, "send multipart/form-data with 'file' fields, or JSON with base64 images")
+        if not items:
+            raise HTTPException(422, "no images in the request: add at least one 'file' field")
+        for name, data in items:
+            if len(data) > config.max_image_bytes:
+                raise HTTPException(413, f"{name}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
+        return items
+
+    def decode_all(items: list[tuple[str, bytes]]) -> list[Image.Image]:
+        try:
+            return [decode(data, name) for name, data in items]
+        except FewtuneError as exc:
+            raise HTTPException(422, str(exc).replace(", or pass --skip-bad to skip such files", "")) from None
+
+    @app.exception_handler(FewtuneError)
+    async def _bad_input(request: Request, exc: FewtuneError):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (resources.files("fewtune") / "static" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/classes")
+    def classes() -> list[dict[str, Any]]:
+        return [{"label": label, "examples": n} for label, n in teacher.counts().items()]
+
+    @app.get("/model")
+    def model() -> dict[str, Any]:
+        current = teacher.classifier
+        if current is None:
+            return {"ready": False, "strategy": config.strategy, "classes": list(teacher.counts()), "detail": "teach at least two classes"}
+        return {"ready": True, **current.config()}
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int = 3, open_set: bool | None = None) -> list[dict[str, Any]]:
+        items = await read_images(request)
+        current = teacher.classifier  # one reference: later swaps don't affect this request
+        if current is None:
+            raise HTTPException(409, "teach at least two classes before predicting (POST /classes/{label}/examples)")
+        pictures = await run_in_threadpool(decode_all, items)
+        features = await run_in_threadpool(batcher.embed, pictures)
+        predictions = current.predict_features(features, top_k, open_set=open_set)
+        return [{**p.to_dict(), "path": name} for p, (name, _) in zip(predictions, items)]
+
+    @app.post("/classes/{label}/examples", dependencies=[Depends(require_token)])
+    async def add_examples(label: str, request: Request) -> dict[str, Any]:
+        label = valid_label(label)
+        items = await read_images(request)
+        pictures = await run_in_threadpool(decode_all, items)
+        features = await run_in_threadpool(batcher.embed, pictures)
+        await run_in_threadpool(teacher.add, label, features)
+        return {"label": label, "added": len(items), "examples": teacher.counts()[label], "ready": teacher.classifier is not None}
+
+    @app.delete("/classes/{label}", dependencies=[Depends(require_token)])
+    async def delete_class(label: str) -> dict[str, Any]:
+        try:
+            await run_in_threadpool(teacher.remove, label)
+        except KeyError:
+            raise HTTPException(404, f"no class {label!r}; GET /classes lists them") from None
+        return {"removed": label, "classes": list(teacher.counts())}
+
+    @app.post("/train", dependencies=[Depends(require_token)])
+    async def train(strategy: str | None = None) -> dict[str, Any]:
+        await run_in_threadpool(teacher.retrain, strategy)
+        current = teacher.classifier
+        return {"strategy": config.strategy, "ready": current is not None, "fit": current.fit_report if current else {}}
+
+    @app.post("/models/save", dependencies=[Depends(require_token)])
+    async def save(name: str | None = None) -> dict[str, str]:
+        current = teacher.classifier
+        if current is None:
+            raise HTTPException(409, "nothing to save yet: teach at least two classes")
+        if name is None:
+            if config.model_path is None:
+                raise HTTPException(422, "give ?name=NAME (the server was started without a model path)")
+            target = config.model_path
+        else:
+            if not LABEL.fullmatch(name) or ".." in name or " " in name:
+                raise HTTPException(422, f"invalid model name {name!r}: letters, digits, '_', '.', '+' or '-' only")
+            target = config.models_dir / f"{name.removesuffix('.fewtune')}.fewtune"
+        await run_in_threadpool(current.save, target)
+        return {"saved": str(target)}
+
+    return app
+
+
+def _version() -> str:
+    from fewtune._version import __version__
+
+    return __version__
