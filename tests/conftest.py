@@ -11,6 +11,9 @@ from PIL import Image
 import fewtune
 from fewtune.demo import demo_photos
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--window-size=1200,1600"]  # fmt: skip
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -76,3 +79,20 @@ def photo_data(tmp_path) -> Path:
 def unseen_photos(name: str, n: int = 3) -> list[Path]:
     """Bundled photos of a class that `photo_data` does not train on."""
     return sorted((demo_photos() / name).iterdir())[-n:]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Debian chromium through its chromedriver; a missing browser fails, never skips."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("this test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()

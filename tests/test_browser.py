@@ -12,9 +12,6 @@ import pytest
 
 from fewtune.demo import demo_photos
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1200,1600"]  # fmt: skip
 ARTIFACTS = Path(os.environ.get("FEWTUNE_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
 
@@ -45,22 +42,6 @@ def server(tmp_path):
     yield url
     process.terminate()
     process.wait(timeout=10)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.fail("this test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    yield driver
-    driver.quit()
 
 
 def test_teach_two_classes_from_one_photo_each_and_classify_a_third(server, browser):

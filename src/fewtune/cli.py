@@ -241,6 +241,55 @@ def info(
 
 
 @app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A classifier folder saved by `fewtune train`.")],
+    data: Annotated[Path, typer.Argument(help="Labelled test images: DATA/<class>/*.jpg or a path,label CSV.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images instead of stopping.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score a classifier on labelled test images: accuracy, balanced accuracy, per-class precision /
+    recall / F1, confusion matrix, calibration error and the most confident mistakes. Test classes
+    the classifier does not know measure how often it answers "unknown" for them."""
+    from fewtune.classifier import load
+    from fewtune.dataset import load_dataset
+    from fewtune.evaluation import evaluate as run_evaluation
+    from fewtune.evaluation import write_html
+
+    classifier = load(model)
+    test = load_dataset(data, min_classes=1)
+    if not set(test.classes) & set(classifier.classes):
+        raise FewtuneError(f"{data}: none of its classes ({', '.join(test.classes[:5])}) is one of the classifier's ({', '.join(classifier.classes[:5])})")
+    report = run_evaluation(classifier, test, skip_bad=skip_bad, progress=not quiet)
+    if html:
+        write_html(report, html, f"fewtune evaluate: {model.name} on {data.name}")
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    out.print(
+        f"accuracy {report.accuracy:.1%} on {report.images} images, balanced accuracy {report.balanced_accuracy:.1%}; "
+        f"calibration error {report.ece:.1%} (uncalibrated {report.ece_uncalibrated:.1%}); "
+        f"known images answered unknown {report.known_rejected:.1%}",
+        highlight=False,
+    )
+    if report.unknown_rejected is not None:
+        out.print(f"unknown classes {', '.join(report.unknown_classes)}: {report.unknown_rejected:.1%} of {report.unknown_images} images answered unknown", highlight=False)
+    table = Table("class", "precision", "recall", "F1", "images", box=None)
+    for s in report.per_class:
+        table.add_row(s.label, f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.f1:.3f}", str(s.support))
+    out.print(table)
+    matrix = Table("true \\ predicted", *report.classes, box=None)
+    for label, row in zip(report.classes, report.confusion):
+        matrix.add_row(label, *map(str, row))
+    out.print(matrix)
+    for m in report.mistakes:
+        out.print(f"  mistake: {m.path} is {m.truth}, predicted {m.predicted} ({m.score:.2f})", highlight=False)
+    if html:
+        err.print(f"wrote {html}", highlight=False)
+
+
+@app.command()
 def add(
     model: Annotated[Path, typer.Argument(help="A classifier folder saved by `fewtune train`; updated in place.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns showing the class.")],

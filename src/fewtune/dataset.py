@@ -33,8 +33,11 @@ class Dataset:
         return counts
 
 
-def load_dataset(source: str | Path) -> Dataset:
+def load_dataset(source: str | Path, min_classes: int = 2) -> Dataset:
     """Find the labelled images under a folder (``<class>/*.jpg``) or listed in a CSV file.
+
+    Args:
+        min_classes: fewer classes is an error (training needs two; a test set may have one).
 
     Raises:
         FewtuneError: the source is missing or empty, a class has no images, or there is only one class.
@@ -48,7 +51,7 @@ def load_dataset(source: str | Path) -> Dataset:
         by_class, skipped = _from_csv(source)
     else:
         by_class, skipped = _from_folder(source)
-    if len(by_class) < 2:
+    if len(by_class) < min_classes:
         only = f" (only {next(iter(by_class))!r})" if by_class else ""
         raise FewtuneError(f"{source}: found one class{only}; a classifier needs at least two classes, one subfolder each")
     classes = sorted(by_class)

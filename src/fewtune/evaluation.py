@@ -1,0 +1,161 @@
+"""How good is a classifier on labelled test images: accuracy, per-class scores, calibration and
+the mistakes it is most sure of."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewtune.calibration import expected_calibration_error
+from fewtune.classifier import Classifier
+from fewtune.dataset import Dataset
+from fewtune.features import embed_files
+
+
+@dataclass
+class ClassScores:
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class Mistake:
+    path: str
+    truth: str
+    predicted: str
+    score: float
+
+
+@dataclass
+class Report:
+    """Scores on the test images of known classes (closed set: the best class is the answer).
+
+    Attributes:
+        confusion: rows = true class, columns = predicted class, in ``classes`` order.
+        ece_uncalibrated / ece: expected calibration error without / with the fitted temperature.
+        unknown_classes: test classes the classifier does not know; with ``unknown_rejected``,
+            the share of their images it answered "unknown" (open set).
+        known_rejected: share of known-class images wrongly answered "unknown" (open set).
+    """
+
+    images: int
+    accuracy: float
+    balanced_accuracy: float
+    ece_uncalibrated: float
+    ece: float
+    classes: list[str]
+    per_class: list[ClassScores]
+    confusion: list[list[int]]
+    mistakes: list[Mistake]
+    known_rejected: float
+    unknown_classes: list[str] = field(default_factory=list)
+    unknown_images: int = 0
+    unknown_rejected: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(classifier: Classifier, data: Dataset, *, skip_bad: bool = False, progress: bool = False, mistakes: int = 10) -> Report:
+    """Score ``classifier`` on a labelled dataset whose class names match its classes.
+
+    Test classes it does not know are used to measure open-set rejection instead.
+    """
+    embedded = embed_files(classifier.backbone, data.paths, skip_bad=skip_bad, progress=progress)
+    names = [data.classes[data.labels[i]] for i in embedded.kept]
+    paths = [str(data.paths[i]) for i in embedded.kept]
+    known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
+    features = embedded.features
+    logits = classifier.strategy.logits(features[known])
+    probabilities = (logits / classifier.temperature).softmax(1)
+    truth = torch.tensor([classifier.classes.index(n) for n, k in zip(names, known.tolist()) if k], dtype=torch.long)
+    predicted = probabilities.argmax(1)
+    num_classes = len(classifier.classes)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+
+    per_class = []
+    for c, label in enumerate(classifier.classes):
+        tp, predicted_c, actual_c = int(confusion[c, c]), int(confusion[:, c].sum()), int(confusion[c].sum())
+        precision = tp / predicted_c if predicted_c else 0.0
+        recall = tp / actual_c if actual_c else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append(ClassScores(label, round(precision, 4), round(recall, 4), round(f1, 4), actual_c))
+    present = [s for s in per_class if s.support]
+
+    known_paths = [p for p, k in zip(paths, known.tolist()) if k]
+    confidence = probabilities.max(1).values
+    wrong = (predicted != truth).nonzero().flatten().tolist()
+    wrong.sort(key=lambda i: -float(confidence[i]))
+    novelty = classifier.novelty_features(features)
+    threshold = classifier.open_set.threshold
+    unknown_names = sorted({n for n, k in zip(names, known.tolist()) if not k})
+    return Report(
+        images=int(known.sum()),
+        accuracy=round(float((predicted == truth).double().mean()) if len(truth) else 0.0, 4),
+        balanced_accuracy=round(sum(s.recall for s in present) / len(present), 4) if present else 0.0,
+        ece_uncalibrated=round(expected_calibration_error(logits.softmax(1), truth), 4) if len(truth) else 0.0,
+        ece=round(expected_calibration_error(probabilities, truth), 4) if len(truth) else 0.0,
+        classes=list(classifier.classes),
+        per_class=per_class,
+        confusion=confusion.tolist(),
+        mistakes=[
+            Mistake(known_paths[i], classifier.classes[int(truth[i])], classifier.classes[int(predicted[i])], round(float(confidence[i]), 4))
+            for i in wrong[:mistakes]
+        ],
+        known_rejected=round(float((novelty[known] > threshold).double().mean()), 4) if known.any() else 0.0,
+        unknown_classes=unknown_names,
+        unknown_images=int((~known).sum()),
+        unknown_rejected=round(float((novelty[~known] > threshold).double().mean()), 4) if (~known).any() else None,
+    )
+
+
+def render_html(report: Report, title: str) -> str:
+    """A self-contained HTML page of the report (no external resources)."""
+    from html import escape
+
+    rows = "".join(
+        f"<tr><td>{escape(s.label)}</td><td>{s.precision:.3f}</td><td>{s.recall:.3f}</td><td>{s.f1:.3f}</td><td>{s.support}</td></tr>"
+        for s in report.per_class
+    )
+    head = "".join(f"<th>{escape(c)}</th>" for c in report.classes)
+    matrix = "".join(
+        f"<tr><th>{escape(c)}</th>" + "".join(f"<td>{n}</td>" for n in row) + "</tr>" for c, row in zip(report.classes, report.confusion)
+    )
+    wrong = "".join(
+        f"<tr><td>{escape(m.path)}</td><td>{escape(m.truth)}</td><td>{escape(m.predicted)}</td><td>{m.score:.3f}</td></tr>"
+        for m in report.mistakes
+    )
+    unknown = (
+        f"<p>Open set: {report.unknown_images} images of classes it does not know ({escape(', '.join(report.unknown_classes))}); "
+        f"{100 * report.unknown_rejected:.1f}% answered unknown.</p>"
+        if report.unknown_rejected is not None
+        else ""
+    )
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>body{{font:15px system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem}}table{{border-collapse:collapse;margin:.5rem 0}}
+td,th{{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
+<h1>{escape(title)}</h1>
+<p id="summary">Accuracy {100 * report.accuracy:.1f}% on {report.images} images; balanced accuracy {100 * report.balanced_accuracy:.1f}%;
+expected calibration error {100 * report.ece:.1f}% (without temperature scaling {100 * report.ece_uncalibrated:.1f}%);
+known images answered unknown: {100 * report.known_rejected:.1f}%.</p>{unknown}
+<h2>Per class</h2><table id="per-class"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>{rows}</table>
+<h2>Confusion matrix</h2><p>rows: true class; columns: predicted</p><table id="confusion"><tr><th></th>{head}</tr>{matrix}</table>
+<h2>Most confident mistakes</h2><table id="mistakes"><tr><th>image</th><th>true</th><th>predicted</th><th>score</th></tr>{wrong}</table>
+</body></html>
+"""
+
+
+def write_html(report: Report, path: Path, title: str) -> Path:
+    """Write the HTML report atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial")
+    staging.write_text(render_html(report, title), encoding="utf-8")
+    staging.replace(path)
+    return path
