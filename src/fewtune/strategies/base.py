@@ -80,6 +80,8 @@ def check_support(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     """Fail early, with a readable message, on a support set no strategy can use."""
     if features.ndim != 2 or labels.shape != (features.shape[0],):
         raise ValueError(f"expected features (n, dim) and labels (n,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     present = torch.bincount(labels, minlength=num_classes)
     if len(present) > num_classes or (present == 0).any():
         raise ValueError(f"every class in [0, {num_classes}) needs at least one example; counts: {present.tolist()}")

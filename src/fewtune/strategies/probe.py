@@ -23,11 +23,13 @@ class Probe(Strategy):
 
     Args:
         l2: fixed regularisation strength; ``None`` chooses it as described above.
-        default_l2: used when ``l2`` is None and cross-validation is impossible.
+        default_l2: used when ``l2`` is None and cross-validation is impossible; 1e-3 measured best
+            at 5-way 1-shot on Caltech-101 and Omniglot (1e-4..1e-2 within noise, 1e-1 and up worse).
         l2_grid: candidates for cross-validation.
         folds: at most this many folds (fewer when a class has fewer examples).
         seed: shuffles the folds.
-        max_iter: L-BFGS iterations per fit.
+        max_iter: cap on L-BFGS iterations per fit (high enough to converge: a low cap would act
+            as hidden regularisation).
     """
 
     name = "probe"
@@ -35,11 +37,11 @@ class Probe(Strategy):
     def __init__(
         self,
         l2: float | None = None,
-        default_l2: float = 1e-2,
+        default_l2: float = 1e-3,
         l2_grid: tuple[float, ...] | list[float] = L2_GRID,
         folds: int = 5,
         seed: int = 0,
-        max_iter: int = 100,
+        max_iter: int = 1000,
     ):
         if l2 is not None and not l2 > 0:
             raise ValueError(f"l2 must be > 0, got {l2}")
@@ -64,21 +66,24 @@ class Probe(Strategy):
             self._report = {"l2": l2, "l2_chosen_by": "cross-validation", "cv_accuracy": scores}
         else:
             l2, self._report = self.default_l2, {"l2": self.default_l2, "l2_chosen_by": "default (< 3 examples in a class)"}
-        weight, bias = _solve(x, labels, num_classes, l2, self.max_iter)
+        weight, bias, _ = _solve(x, labels, num_classes, l2, self.max_iter)
         self.weight, self.bias = weight.float(), bias.float()
 
     def _cross_validate(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int) -> tuple[float, dict]:
         fold = stratified_folds(labels, num_classes, k, self.seed)
+        grid = sorted(self.l2_grid, reverse=True)  # strongest first: each solve warm-starts the next
+        logits = {l2: torch.empty(len(labels), num_classes, dtype=torch.float64) for l2 in grid}
+        for f in range(k):
+            train, test = fold != f, fold == f
+            start = None
+            for l2 in grid:
+                w, b, start = _solve(x[train], labels[train], num_classes, l2, self.max_iter, start)
+                logits[l2][test] = x[test] @ w.T + b
         results, held_out = {}, {}
         for l2 in self.l2_grid:
-            logits = torch.empty(len(labels), num_classes, dtype=torch.float64)
-            for f in range(k):
-                train, test = fold != f, fold == f
-                w, b = _solve(x[train], labels[train], num_classes, l2, self.max_iter)
-                logits[test] = x[test] @ w.T + b
-            correct = float((logits.argmax(1) == labels).sum())
-            results[l2] = (correct / len(labels), -float(F.cross_entropy(logits, labels)))
-            held_out[l2] = logits.float()
+            correct = float((logits[l2].argmax(1) == labels).sum())
+            results[l2] = (correct / len(labels), -float(F.cross_entropy(logits[l2], labels)))
+            held_out[l2] = logits[l2].float()
         best = max(self.l2_grid, key=lambda l2: results[l2])  # accuracy first, then likelihood
         self._held_out = held_out[best]
         return best, {str(l2): round(acc, 4) for l2, (acc, _) in results.items()}
@@ -110,13 +115,18 @@ class Probe(Strategy):
         self.weight, self.bias = state["weight"].float(), state["bias"].float()
 
 
-def _solve(x: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int):
+def _solve(
+    x: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int, start: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Minimise class-balanced cross-entropy + l2/2 * ||W||^2 (bias unpenalised). x: (n, dim) float64.
 
     With fewer examples than dimensions (the few-shot case) the optimum lies in the span of the
     examples (representer theorem), so we solve for W = A @ x with A: (num_classes, n) on the
     n x n Gram matrix: the same minimiser, found many times faster. The loss and its gradient are
     written out in NumPy for SciPy's L-BFGS-B: on problems this small, per-call overhead is the cost.
+
+    Returns the weight (num_classes, dim), the bias, and the raw solution to warm-start a solve of
+    the same data with another ``l2``.
     """
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
@@ -142,10 +152,10 @@ def _solve(x: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, m
         grad_coef = residual.T @ basis + l2 * shrink
         return loss, np.concatenate([grad_coef.ravel(), residual.sum(axis=0)])
 
-    start = np.zeros(size + num_classes)
+    start = np.zeros(size + num_classes) if start is None else start
     with threadpool_limits(limits=1, user_api="blas"):  # threads only slow down matrices this small
         options = {"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-12}
         result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options=options)
     coef, bias = result.x[:size].reshape(num_classes, -1), result.x[size:]
     weight = coef @ features if dual else coef
-    return torch.from_numpy(weight), torch.from_numpy(bias)
+    return torch.from_numpy(weight), torch.from_numpy(bias), result.x
