@@ -62,7 +62,7 @@ def sample_episodes(
     if len(eligible) < way:
         raise ValueError(
             f"{way}-way {shot}-shot with {queries} queries needs {way} classes of at least {needed} items each; "
-            f"only {len(eligible)} of the {len(by_class)} classes have that many: lower --way, --shots or --queries"
+            f"only {len(eligible)} of the {len(by_class)} classes have that many: lower --way, --shot(s) or --queries"
         )
     rng = np.random.default_rng(seed)
     result = []

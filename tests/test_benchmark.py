@@ -1,0 +1,41 @@
+"""`fewtune benchmark`: shared episodes, JSON rows, episode files."""
+
+import json
+
+from conftest import make_image
+from test_cli import run
+
+
+def test_benchmark_json_and_episode_round_trip(capsys, tmp_path, tiny_weights):
+    data = tmp_path / "data"
+    for c, colour in enumerate([(220, 30, 30), (30, 200, 40), (30, 40, 220), (200, 200, 30)]):
+        for i in range(4):
+            make_image(data / f"class{c}" / f"{i}.png", colour, noise_seed=10 * c + i)
+    flags = ["--backbone", "test_efficientnet", "--weights", tiny_weights, "-q"]
+    episodes = tmp_path / "episodes.json"
+    code, out, err = run(capsys, "benchmark", data, "--way", "3", "--shot", "1,2", "--queries", "2", "--episodes", "5",
+                         "--save-episodes", episodes, "--json", *flags)  # fmt: skip
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["strategy"], r["shot"]) for r in rows] == [("prototype", 1), ("probe", 1), ("prototype", 2), ("probe", 2)]
+    assert set(rows[0]) == {"strategy", "way", "shot", "queries", "episodes", "mean", "ci95", "seconds"}
+    assert all(r["episodes"] == 5 and 0 <= r["mean"] <= 100 for r in rows)
+
+    saved = json.loads(episodes.read_text())
+    first = saved["settings"][0]["episodes"][0]
+    assert len(first["classes"]) == 3 and len(first["support"]) == 3 and len(first["query"]) == 6
+    assert first["support"][0].startswith(first["classes"][0] + "/")
+
+    code, again, _ = run(capsys, "benchmark", data, "--load-episodes", episodes, "--json", *flags)
+    assert [r["mean"] for r in json.loads(again)] == [r["mean"] for r in rows]
+
+
+def test_benchmark_bad_input(capsys, tmp_path, colour_data, tiny_weights):
+    flags = ["--backbone", "test_efficientnet", "--weights", tiny_weights, "-q"]
+    code, _, err = run(capsys, "benchmark", colour_data, "--way", "5", "--shot", "1", *flags)
+    assert code == 2 and "5-way 1-shot with 15 queries needs 5 classes of at least 16 items each" in err
+    code, _, err = run(capsys, "benchmark", colour_data, "--shot", "one", *flags)
+    assert code == 2 and "--shot takes whole numbers" in err
+    (tmp_path / "bad.json").write_text("{}")
+    code, _, err = run(capsys, "benchmark", colour_data, "--load-episodes", tmp_path / "bad.json", *flags)
+    assert code == 2 and "not a fewtune episodes file" in err
