@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 import fewtune
-from fewtune.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.benchmark import Setting, build_strategy, run_setting
+from fewtune.episodes import sample_episodes
 from fewtune.features import embed_files
-from fewtune.strategies import Strategy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,32 +50,11 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def build(spec: str) -> Strategy:
-    """``probe`` -> Probe(); ``probe:l2=0.01`` -> Probe(l2=0.01). Values are read as JSON when they parse."""
-    name, _, setting = spec.partition(":")
-    hyperparameters: dict[str, Any] = {}
-    if setting:
-        key, _, value = setting.partition("=")
-        try:
-            hyperparameters[key] = json.loads(value)
-        except json.JSONDecodeError:
-            hyperparameters[key] = value
-    return fewtune.create_strategy(name, **hyperparameters)
-
-
-def accuracy(spec: str, features: torch.Tensor, labels: list[int], episode: Episode) -> float:
-    """Fit a fresh strategy on the episode's support set and score it on its query set."""
-    support, query = (torch.tensor(y) for y in episode.local_labels(labels))
-    strategy = build(spec)
-    strategy.fit(features[episode.support], support, len(episode.classes))
-    return float((strategy.logits(features[episode.query]).argmax(dim=1) == query).float().mean())
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for spec in specs:
-        build(spec)  # fail on a bad name or setting before minutes of embedding
+        build_strategy(spec)  # fail on a bad name or setting before minutes of embedding
     limits = {spec: int(n) for spec, n in (item.rsplit("=", 1) for item in args.max_episodes)}
     if unknown := set(limits) - set(specs):
         raise SystemExit(f"--max-episodes names {', '.join(sorted(unknown))}, not in --strategies {args.strategies}")
@@ -88,27 +66,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         embedded = embed_files(backbone, dataset.paths, cache=True, progress=True)
         print(f"{folder.name}: {len(dataset.paths)} images, {len(dataset.classes)} classes, "
               f"embedded in {time.perf_counter() - start:.1f} s ({embedded.computed} computed, rest cached)")  # fmt: skip
-        # Episodes are tiny problems: a second intra-op thread only adds sync cost, and makes them
-        # 10-80x slower whenever the other core is busy (measured on a 2-core machine).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         for way in ints(args.way):
             for shot in ints(args.shots):
                 episodes = sample_episodes(dataset.labels, way, shot, args.queries, args.episodes, seed=args.seed)
                 for spec in specs:
-                    used = episodes[: limits.get(spec, len(episodes))]
-                    start = time.perf_counter()
-                    scores = [accuracy(spec, embedded.features, dataset.labels, e) for e in used]
-                    seconds = time.perf_counter() - start
-                    mean, ci95 = mean_ci95(scores)
-                    results.append({
-                        "dataset": folder.name, "strategy": spec, "way": way, "shot": shot,
-                        "queries": args.queries, "episodes": len(used), "mean": round(100 * mean, 2),
-                        "ci95": round(100 * ci95, 2), "seconds": round(seconds, 2), "seed": args.seed,
-                    })  # fmt: skip
-                    print(f"  {way}-way {shot}-shot {spec:>16}: {100 * mean:.2f} ± {100 * ci95:.2f} % "
-                          f"({len(used)} episodes, {seconds:.1f} s)", flush=True)  # fmt: skip
-        torch.set_num_threads(threads)  # the next dataset's embedding wants every core
+                    setting = Setting(way, shot, args.queries, args.seed, episodes[: limits.get(spec, len(episodes))])
+                    [row] = run_setting([spec], embedded.features, dataset.labels, setting)
+                    results.append({"dataset": folder.name, **row, "seed": args.seed})
+                    print(f"  {way}-way {shot}-shot {spec:>16}: {row['mean']:.2f} ± {row['ci95']:.2f} % "
+                          f"({row['episodes']} episodes, {row['seconds']:.1f} s)", flush=True)  # fmt: skip
     print()
     print(markdown(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
