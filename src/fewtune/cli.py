@@ -149,9 +149,16 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many best classes to show per image.")] = 1,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON array: {path, label, score, top_k: [{label, score}]} per image.")
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON array, an object per image: path, label, score, top_k: [{label, score}], "
+            "is_unknown, novelty, probabilities: {class: p}.",
+        )
     ] = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV: path,label,score,top_k (label:score;...).")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print CSV: path,label,score,top_k (label:score;...),is_unknown,novelty.")
+    ] = False,
     open_set: Annotated[
         Optional[bool],
         typer.Option("--open-set/--closed-set", help="Override the classifier's saved choice of answering the unknown label."),
