@@ -61,8 +61,8 @@ def test_default_output_path(capsys, colour_data, tiny_flags):
     "argv, message",
     [
         (["train", "{tmp}/nowhere", "-o", "{tmp}/m"], r"nowhere: no such file or folder"),
-        (["train", "{data}", "-o", "{tmp}/m", "--strategy", "magic"], "unknown strategy 'magic': use one of prototype, probe"),
-        (["train", "{data}", "-o", "{tmp}/m", "--l2", "0.1"], "--l2 applies to --strategy probe only, not prototype"),
+        (["train", "{data}", "-o", "{tmp}/m", "--strategy", "magic"], "unknown strategy .magic.: use one of auto, prototype, probe"),
+        (["train", "{data}", "-o", "{tmp}/m", "--l2", "0.1"], "--l2 applies to --strategy probe only, not auto"),
         (["train", "{data}", "-o", "{tmp}/m", "--backbone", "nope"], "unknown backbone 'nope'"),
         (["predict", "{tmp}", "x.jpg"], r"not a fewtune classifier \(no config.json\)"),
         (["info", "{tmp}"], r"not a fewtune classifier \(no config.json\)"),

@@ -17,9 +17,9 @@ def split_off(colour_data, name, tmp_path):
 
 
 def test_adding_a_class_to_prototype_is_exact(tiny_backbone, colour_data, tmp_path):
-    full = fewtune.train(colour_data, backbone=tiny_backbone)
+    full = fewtune.train(colour_data, "prototype", backbone=tiny_backbone)
     later = split_off(colour_data, "red", tmp_path)
-    partial = fewtune.train(colour_data, backbone=tiny_backbone)
+    partial = fewtune.train(colour_data, "prototype", backbone=tiny_backbone)
     assert partial.add_examples("red", [later]) == 3
     assert partial.classes == ["blue", "green", "red"]
     torch.testing.assert_close(partial.strategy.prototypes, full.strategy.prototypes)

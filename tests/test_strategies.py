@@ -15,8 +15,8 @@ def blobs(per_class: int, num_classes: int = 3, dim: int = 16, seed: int = 0):
 
 
 def test_registry():
-    assert list_strategies() == ["prototype", "probe"]
-    with pytest.raises(FewtuneError, match="unknown strategy 'magic': use one of prototype, probe"):
+    assert list_strategies() == ["auto", "prototype", "probe"]
+    with pytest.raises(FewtuneError, match="unknown strategy .magic.: use one of auto, prototype, probe"):
         create_strategy("magic")
     with pytest.raises(FewtuneError, match="strategy 'prototype': temperature must be > 0"):
         create_strategy("prototype", temperature=0)
@@ -97,3 +97,25 @@ def test_every_class_needs_an_example(name):
     features, labels = blobs(per_class=2)
     with pytest.raises(ValueError, match=r"every class in \[0, 4\) needs at least one example"):
         create_strategy(name).fit(features, labels, 4)
+
+
+def test_auto_keeps_the_candidate_best_on_held_out_examples():
+    features, labels = blobs(per_class=4)
+    strategy = create_strategy("auto")
+    strategy.fit(features, labels, 3)
+    report = strategy.fit_report()
+    assert report["chosen"] in ("prototype", "probe") and set(report["held_out_accuracy"]) == {"prototype", "probe"}
+    best = max(report["held_out_accuracy"].values())
+    assert report["held_out_accuracy"][report["chosen"]] == best
+    copy = create_strategy("auto", **strategy.hyperparameters())
+    copy.load_state_dict(strategy.state_dict())
+    torch.testing.assert_close(copy.logits(features), strategy.logits(features))
+
+
+def test_auto_at_one_shot_and_bad_candidates():
+    features, labels = blobs(per_class=1)
+    strategy = create_strategy("auto")
+    strategy.fit(features, labels, 3)
+    assert strategy.fit_report()["chosen"] == "probe" and "one example" in strategy.fit_report()["why"]
+    with pytest.raises(FewtuneError, match="candidates must be among"):
+        create_strategy("auto", candidates=["auto"])

@@ -56,10 +56,11 @@ def train(
         str,
         typer.Option(
             "--strategy", "-s",
-            help="prototype: nearest class mean, no training, works from 1 example per class. "
+            help="auto: the strategy most accurate on held-out training examples (recorded in the model). "
+            "prototype: nearest class mean, no training, works from 1 example per class. "
             "probe: logistic-regression head on frozen features (transfer learning).",
         ),
-    ] = "prototype",  # fmt: skip
+    ] = "auto",  # fmt: skip
     backbone: Annotated[
         str, typer.Option(help="Registered backbone (efficientnet_lite0/1/2) or any timm architecture with --weights.")
     ] = "efficientnet_lite0",

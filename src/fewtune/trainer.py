@@ -17,7 +17,7 @@ from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
 from fewtune.strategies import create_strategy
 
-DEFAULT_STRATEGY = "prototype"
+DEFAULT_STRATEGY = "auto"
 
 
 def train(
@@ -37,8 +37,9 @@ def train(
 
     Args:
         data: the labelled images (a path, or a :class:`Dataset` already loaded).
-        strategy: ``"prototype"`` (no training, works from one example) or ``"probe"``
-            (linear head on frozen features); see :mod:`fewtune.strategies`.
+        strategy: ``"auto"`` (the one best on held-out training examples), ``"prototype"`` (no
+            training, works from one example) or ``"probe"`` (linear head on frozen features);
+            see :mod:`fewtune.strategies`.
         backbone: a registered backbone name, a timm architecture (with ``weights``), or a built
             :class:`Backbone` to reuse.
         weights: local weights file for the backbone.

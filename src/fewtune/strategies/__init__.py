@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fewtune.errors import FewtuneError
+from fewtune.strategies.auto import Auto as Auto
 from fewtune.strategies.base import Strategy as Strategy
 from fewtune.strategies.probe import Probe as Probe
 from fewtune.strategies.prototype import Prototype as Prototype
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Prototype, Probe)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Auto, Prototype, Probe)}
 
 
 def list_strategies() -> list[str]:

@@ -1,0 +1,100 @@
+"""Let the support set choose the strategy: the one whose held-out predictions are best."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fewtune.strategies.base import Strategy, check_support
+
+
+class Auto(Strategy):
+    """Fits every candidate and keeps the most accurate on held-out support examples.
+
+    Held-out predictions come from each candidate's own :meth:`Strategy.held_out_logits` (exact
+    leave-one-out for ``prototype``, the cross-validation folds for ``probe``), so the choice
+    uses the training data only; ties go to the earlier candidate. With one example per class
+    nothing can be held out, and ``probe`` is kept when it is a candidate: at 1 shot it matched or
+    beat ``prototype`` in every setting measured (600 episodes each: +0.2 points on Caltech-101
+    5-way, +0.7 on Omniglot 5-way, +2.0 on Omniglot 20-way; see the README).
+
+    Args:
+        candidates: strategy names to choose among, cheapest first.
+        chosen, chosen_hyperparameters: set when loading a saved classifier.
+    """
+
+    name = "auto"
+
+    def __init__(
+        self,
+        candidates: list[str] | tuple[str, ...] = ("prototype", "probe"),
+        chosen: str | None = None,
+        chosen_hyperparameters: dict[str, Any] | None = None,
+    ):
+        from fewtune.strategies import STRATEGIES
+
+        unknown = [c for c in candidates if c not in STRATEGIES or c == self.name]
+        if unknown or not candidates:
+            raise ValueError(f"candidates must be among {', '.join(n for n in STRATEGIES if n != self.name)}; got {list(candidates)}")
+        self.candidates = list(candidates)
+        self.chosen: Strategy | None = STRATEGIES[chosen](**(chosen_hyperparameters or {})) if chosen else None
+        self._report: dict[str, Any] = {}
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        from fewtune.strategies import STRATEGIES
+
+        check_support(features, labels, num_classes)
+        if int(torch.bincount(labels, minlength=num_classes).min()) < 2:
+            name = "probe" if "probe" in self.candidates else self.candidates[0]
+            self.chosen = STRATEGIES[name]()
+            self.chosen.fit(features, labels, num_classes)
+            self._report = {
+                "chosen": name,
+                "why": "a class has one example: nothing to hold out; the strategy measured best at 1 shot",
+                **self.chosen.fit_report(),
+            }
+            return
+        scores, fitted = {}, {}
+        for name in self.candidates:
+            candidate = STRATEGIES[name]()
+            candidate.fit(features, labels, num_classes)
+            held_out = candidate.held_out_logits(features, labels, num_classes)
+            scores[name] = round(float((held_out.argmax(1) == labels).float().mean()), 4)
+            fitted[name] = candidate
+        best = max(self.candidates, key=lambda n: scores[n])  # max keeps the first of equals
+        self.chosen = fitted[best]
+        self._report = {
+            "chosen": best,
+            "why": "most accurate on held-out support examples",
+            "held_out_accuracy": scores,
+            **self.chosen.fit_report(),
+        }
+
+    def _require(self) -> Strategy:
+        if self.chosen is None:
+            raise RuntimeError("call fit() first")
+        return self.chosen
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self._require().logits(features)
+
+    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+        return self._require().held_out_logits(features, labels, num_classes)
+
+    def fit_report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        chosen = self.chosen
+        return {
+            "candidates": self.candidates,
+            "chosen": chosen.name if chosen else None,
+            "chosen_hyperparameters": chosen.hyperparameters() if chosen else None,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._require().state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._require().load_state_dict(state)
