@@ -137,3 +137,19 @@ def test_a_class_it_never_saw_is_unknown(real_backbone, photo_data):
     known = clf.predict(unseen_photos("scissors", 3))
     assert [p.label for p in known] == ["scissors"] * 3 and not any(p.is_unknown for p in known)
     assert min(p.novelty for p in sunflowers) > max(p.novelty for p in known)
+
+
+def test_damaged_files_give_a_clear_error(trained, tmp_path):
+    path = trained.save(tmp_path / "m.fewtune")
+    config = json.loads((path / "config.json").read_text())
+    del config["calibration"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FewtuneError, match=r"config.json: missing or malformed entry \(KeyError: 'calibration'\)"):
+        fewtune.load(path)
+    path = trained.save(tmp_path / "n.fewtune")
+    (path / "strategy.safetensors").write_bytes(b"garbage")
+    with pytest.raises(FewtuneError, match="damaged tensor file"):
+        fewtune.load(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(FewtuneError, match="unreadable"):
+        fewtune.load(path)

@@ -331,10 +331,17 @@ def load(path: str | Path, backbone: Backbone | None = None) -> Classifier:
     """
     path = Path(path)
     config = read_config(path)
+    try:
+        return _from_config(path, config, backbone)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FewtuneError(f"{path}/config.json: missing or malformed entry ({type(exc).__name__}: {exc}); train the classifier again") from None
+
+
+def _from_config(path: Path, config: dict[str, Any], backbone: Backbone | None) -> Classifier:
     saved = config["backbone"]
     if backbone is None:
-        weights = None if saved["name"] in REGISTRY and saved["weights_source"] == REGISTRY[saved["name"]].package else saved["weights_source"]
-        backbone = create_backbone(saved["name"], weights)
+        packaged = saved["name"] in REGISTRY and saved["weights_source"] == REGISTRY[saved["name"]].package
+        backbone = create_backbone(saved["name"], None if packaged else saved["weights_source"])
     if backbone.weights_sha256 != saved["weights_sha256"]:
         raise FewtuneError(
             f"{path}: trained with {saved['name']} weights {saved['weights_sha256'][:12]}… but this machine has "
@@ -345,14 +352,15 @@ def load(path: str | Path, backbone: Backbone | None = None) -> Classifier:
     try:
         strategy.load_state_dict(load_file(path / "strategy.safetensors"))
         support = load_file(path / "support.safetensors")
+        features, labels = support["features"], support["labels"]
     except (OSError, SafetensorError, KeyError) as exc:
         raise FewtuneError(f"{path}: damaged tensor file ({exc}); train the classifier again") from None
     return Classifier(
         backbone=backbone,
         strategy=strategy,
         classes=list(config["classes"]),
-        support_features=support["features"],
-        support_labels=support["labels"],
+        support_features=features,
+        support_labels=labels,
         fit_report=config["strategy"].get("fit", {}),
         temperature=float(config["calibration"]["temperature"]),
         calibration=config["calibration"],
