@@ -352,6 +352,52 @@ def benchmark(
     out.print(table)
 
 
+@app.command()
+def compare(
+    data: Annotated[Path, typer.Argument(help="Labelled images: DATA/<class>/*.jpg or a path,label CSV.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder: index.html and *.png.")] = Path("report"),
+    shots: Annotated[str, typer.Option(help="Examples per class to measure, comma-separated.")] = "1,2,5,10,20",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "prototype,probe",
+    draws: Annotated[int, typer.Option(min=2, help="Random draws of training images per point (for the CI).")] = 5,
+    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.9, help="Share of each class held out for testing.")] = 0.3,
+    seed: Annotated[int, typer.Option(help="Seeds the split and the draws.")] = 0,
+    backbone: Annotated[str, typer.Option(help="Backbone to embed with.")] = "efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights file for the backbone.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the curve points as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Learning curves: accuracy (95% CI), training time and prediction latency of each strategy
+    against examples per class, on a fixed held-out split of your data; writes an HTML report and
+    says which strategy to use."""
+    from dataclasses import asdict
+
+    from fewtune.backbones import create_backbone
+    from fewtune.compare import compare as run_compare
+    from fewtune.compare import write_report
+    from fewtune.dataset import load_dataset
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    dataset = load_dataset(data)
+    result = run_compare(
+        dataset, create_backbone(backbone, weights), _ints(shots, "--shots"), names,
+        draws=draws, test_fraction=test_fraction, seed=seed, progress=not quiet,
+    )  # fmt: skip
+    if not result.points:
+        raise FewtuneError(f"{data}: {result.recommendation}")
+    index = write_report(result, output, f"fewtune compare: {data.name}")
+    if as_json:
+        print(json.dumps([asdict(p) for p in result.points], indent=2))
+    else:
+        table = Table("strategy", "examples/class", "accuracy (%)", "training (s)", "predict (ms/image)", box=None)
+        for p in result.points:
+            table.add_row(p.strategy, str(p.shots), f"{p.mean:.2f} ± {p.ci95:.2f}", f"{p.train_seconds:.4f}", f"{p.predict_ms:.1f}")
+        out.print(table)
+        out.print(result.recommendation, highlight=False)
+    if result.skipped_shots:
+        err.print(f"skipped --shots {', '.join(map(str, result.skipped_shots))}: some class has too few images", highlight=False)
+    err.print(f"wrote {index}", highlight=False)
+
+
 def _ints(text: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]

@@ -1,0 +1,52 @@
+"""`fewtune compare`: learning curves, recommendation, and a report that renders."""
+
+import json
+
+import pytest
+
+from conftest import make_image
+from fewtune.compare import CurvePoint, holdout_split, recommend
+from test_cli import run
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "data"
+    for c, colour in enumerate([(220, 30, 30), (30, 200, 40), (30, 40, 220)]):
+        for i in range(6):
+            make_image(root / f"class{c}" / f"{i}.png", colour, noise_seed=10 * c + i)
+    return root
+
+
+def test_holdout_split_is_fixed_and_disjoint():
+    labels = [0] * 10 + [1] * 4
+    pool, test = holdout_split(labels, 0.3, seed=0)
+    assert holdout_split(labels, 0.3, seed=0) == (pool, test)
+    assert len(test) == 3 + 1 and not set(test) & {i for v in pool.values() for i in v}
+    assert sorted(test + pool[0] + pool[1]) == list(range(14))
+
+
+def test_recommendation_prefers_the_cheap_strategy_within_the_ci():
+    points = [CurvePoint("prototype", 5, 97.6, 0.5, 5, 0.001, 30.0), CurvePoint("probe", 5, 98.0, 0.5, 5, 0.04, 30.0)]
+    assert recommend(points) == "with 5 examples per class on this data, `prototype` is within 0.4 points of `probe` at 1/40 of the training time"
+    points[0].mean = 90.0
+    assert recommend(points) == "with 5 examples per class on this data, `probe` is the most accurate (98.0%)"
+
+
+def test_compare_writes_a_report_that_renders(capsys, data, tmp_path, tiny_weights, browser):
+    from selenium.webdriver.common.by import By
+
+    report = tmp_path / "report"
+    flags = ["--backbone", "test_efficientnet", "--weights", tiny_weights, "-q"]
+    code, out, err = run(capsys, "compare", data, "--shots", "1,2,9", "--draws", "2", "-o", report, "--json", *flags)
+    assert code == 0, err
+    points = json.loads(out)
+    assert [(p["strategy"], p["shots"]) for p in points] == [("prototype", 1), ("probe", 1), ("prototype", 2), ("probe", 2)]
+    assert "skipped --shots 9" in err
+    assert {p.name for p in report.iterdir()} == {"index.html", "accuracy.png", "training-time.png"}
+
+    browser.get((report / "index.html").as_uri())
+    for plot in ("accuracy-plot", "time-plot"):
+        assert browser.execute_script(f"return document.getElementById('{plot}').naturalWidth") > 100
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results tr")) == 5
+    assert "examples per class on this data" in browser.find_element(By.ID, "recommendation").text
