@@ -20,7 +20,7 @@ class Auto(Strategy):
     5-way, +0.7 on Omniglot 5-way, +2.0 on Omniglot 20-way; see the README).
 
     Args:
-        candidates: strategy names to choose among, cheapest first.
+        candidates: strategy names to choose among, the one to keep on a tie first.
         chosen, chosen_hyperparameters: set when loading a saved classifier.
     """
 
@@ -28,7 +28,7 @@ class Auto(Strategy):
 
     def __init__(
         self,
-        candidates: list[str] | tuple[str, ...] = ("prototype", "probe"),
+        candidates: list[str] | tuple[str, ...] = ("probe", "prototype"),
         chosen: str | None = None,
         chosen_hyperparameters: dict[str, Any] | None = None,
     ):
