@@ -39,3 +39,17 @@ def test_benchmark_bad_input(capsys, tmp_path, colour_data, tiny_weights):
     (tmp_path / "bad.json").write_text("{}")
     code, _, err = run(capsys, "benchmark", colour_data, "--load-episodes", tmp_path / "bad.json", *flags)
     assert code == 2 and "not a fewtune episodes file" in err
+
+
+def test_benchmark_reports_and_removes_leaked_queries(capsys, tmp_path, tiny_weights):
+    data = tmp_path / "data"
+    for c, colour in enumerate([(220, 30, 30), (30, 200, 40)]):
+        for i in range(3):
+            make_image(data / f"class{c}" / f"{i}.png", colour, noise_seed=10 * c + i)
+        (data / f"class{c}" / "copy.png").write_bytes((data / f"class{c}" / "0.png").read_bytes())
+    flags = ["--backbone", "test_efficientnet", "--weights", tiny_weights, "-q", "--json"]
+    args = ["benchmark", data, "--way", "2", "--shot", "1", "--queries", "3", "--episodes", "20"]
+    code, out, err = run(capsys, *args, *flags)
+    assert code == 0 and "query images duplicate a support image of their episode; kept" in err
+    code, out, err = run(capsys, *args, "--dedupe", *flags)
+    assert code == 0 and "left out (--dedupe)" in err

@@ -50,3 +50,32 @@ def test_compare_writes_a_report_that_renders(capsys, data, tmp_path, tiny_weigh
         assert browser.execute_script(f"return document.getElementById('{plot}').naturalWidth") > 100
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results tr")) == 5
     assert "examples per class on this data" in browser.find_element(By.ID, "recommendation").text
+
+
+def test_near_duplicate_photos_are_found(tmp_path):
+    from PIL import Image
+
+    from fewtune.demo import demo_photos
+    from fewtune.leakage import duplicates, fingerprint
+
+    photos = sorted((demo_photos() / "cup").iterdir())[:4]
+    original = Image.open(photos[0])
+    original.resize((original.width // 2, original.height // 2)).save(tmp_path / "smaller.jpg", quality=60)
+    prints = fingerprint([*photos, tmp_path / "smaller.jpg"])
+    assert duplicates(prints, [0, 1, 2, 3], [4]) == [(0, 4)]
+    assert duplicates(prints, [1, 2], [3]) == []
+
+
+def test_duplicates_across_the_split_are_reported_and_left_out(data, tiny_weights):
+    import fewtune
+    from fewtune.compare import compare
+    from fewtune.dataset import load_dataset
+
+    for c in range(3):  # every class gets an exact copy of one of its images
+        (data / f"class{c}" / "copy.png").write_bytes((data / f"class{c}" / "0.png").read_bytes())
+    dataset = load_dataset(data)
+    backbone = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    kept = compare(dataset, backbone, [1], ["prototype"], draws=2, test_fraction=0.5)
+    cleaned = compare(dataset, backbone, [1], ["prototype"], draws=2, test_fraction=0.5, dedupe=True)
+    assert kept.leaks and not kept.deduped and cleaned.deduped
+    assert cleaned.test_images == kept.test_images - len({t for t, _ in kept.leaks})

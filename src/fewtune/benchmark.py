@@ -18,6 +18,7 @@ import torch
 from fewtune.dataset import Dataset
 from fewtune.episodes import Episode, mean_ci95
 from fewtune.errors import FewtuneError
+from fewtune.leakage import Fingerprints, duplicates
 from fewtune.strategies import Strategy, create_strategy
 
 EPISODES_FORMAT = "fewtune-episodes"
@@ -73,6 +74,19 @@ def run_setting(specs: list[str], features: torch.Tensor, labels: list[int], set
     finally:
         torch.set_num_threads(threads)
     return rows
+
+
+def guard_leakage(settings: list[Setting], prints: Fingerprints, dedupe: bool) -> tuple[list[Setting], int]:
+    """Count query images that duplicate a support image of their episode; with ``dedupe``, drop them."""
+    found, cleaned = 0, []
+    for s in settings:
+        episodes = []
+        for e in s.episodes:
+            leaked = {j for _, j in duplicates(prints, e.support, e.query)}
+            found += len(leaked)
+            episodes.append(Episode(e.classes, e.support, [q for q in e.query if q not in leaked]) if dedupe and leaked else e)
+        cleaned.append(Setting(s.way, s.shot, s.queries, s.seed, episodes))
+    return cleaned, found
 
 
 def save_episodes(path: Path, dataset: Dataset, settings: list[Setting]) -> None:

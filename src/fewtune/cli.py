@@ -28,7 +28,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 out = Console()  # results: stdout
-err = Console(stderr=True)  # progress, summaries and errors: stderr, so --json output stays clean
+err = Console(stderr=True, soft_wrap=True)  # progress, summaries and errors: stderr, so --json output stays clean
 
 
 def _version(value: bool) -> None:
@@ -310,6 +310,7 @@ def benchmark(
     load_episodes: Annotated[Optional[Path], typer.Option(help="Run on the episodes in this JSON file instead of sampling.")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone to embed with.")] = "efficientnet_lite0",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for the backbone.")] = None,
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="Leave out query images that duplicate a support image.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array: strategy, way, shot, queries, episodes, mean, ci95, seconds.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -320,6 +321,7 @@ def benchmark(
     from fewtune.dataset import load_dataset
     from fewtune.episodes import sample_episodes
     from fewtune.features import embed_files
+    from fewtune.leakage import fingerprint
 
     specs = [s.strip() for s in strategies.split(",") if s.strip()]
     for spec in specs:
@@ -336,6 +338,10 @@ def benchmark(
                 except ValueError as exc:
                     raise FewtuneError(f"{data}: {exc}") from None
                 settings.append(bench.Setting(w, k, queries, seed, sampled))
+    settings, leaked = bench.guard_leakage(settings, fingerprint(dataset.paths), dedupe)
+    if leaked:
+        action = "left out (--dedupe)" if dedupe else "kept; --dedupe leaves them out"
+        err.print(f"warning: {leaked} query images duplicate a support image of their episode; {action}", highlight=False)
     if save_episodes:
         bench.save_episodes(save_episodes, dataset, settings)
     encoder = create_backbone(backbone, weights)
@@ -363,6 +369,7 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seeds the split and the draws.")] = 0,
     backbone: Annotated[str, typer.Option(help="Backbone to embed with.")] = "efficientnet_lite0",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights file for the backbone.")] = None,
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="Leave out test images that duplicate a training image.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the curve points as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -380,7 +387,7 @@ def compare(
     dataset = load_dataset(data)
     result = run_compare(
         dataset, create_backbone(backbone, weights), _ints(shots, "--shots"), names,
-        draws=draws, test_fraction=test_fraction, seed=seed, progress=not quiet,
+        draws=draws, test_fraction=test_fraction, seed=seed, dedupe=dedupe, progress=not quiet,
     )  # fmt: skip
     if not result.points:
         raise FewtuneError(f"{data}: {result.recommendation}")
@@ -393,6 +400,9 @@ def compare(
             table.add_row(p.strategy, str(p.shots), f"{p.mean:.2f} ± {p.ci95:.2f}", f"{p.train_seconds:.4f}", f"{p.predict_ms:.1f}")
         out.print(table)
         out.print(result.recommendation, highlight=False)
+    if result.leaks:
+        action = "left out (--dedupe)" if dedupe else "kept; --dedupe leaves them out"
+        err.print(f"warning: {len(result.leaks)} test images duplicate training images, e.g. {result.leaks[0][0]} ~ {result.leaks[0][1]}; {action}", highlight=False)
     if result.skipped_shots:
         err.print(f"skipped --shots {', '.join(map(str, result.skipped_shots))}: some class has too few images", highlight=False)
     err.print(f"wrote {index}", highlight=False)

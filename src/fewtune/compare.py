@@ -22,6 +22,7 @@ from fewtune.dataset import Dataset
 from fewtune.episodes import mean_ci95
 from fewtune.features import embed_files
 from fewtune.images import load as load_image
+from fewtune.leakage import duplicates, fingerprint
 from fewtune.strategies import create_strategy
 
 
@@ -43,6 +44,8 @@ class Comparison:
     classes: list[str]
     recommendation: str
     skipped_shots: list[int] = field(default_factory=list)
+    leaks: list[tuple[str, str]] = field(default_factory=list)  #: (test image, training-pool image) duplicates
+    deduped: bool = False
     mistakes: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # strategy -> (path, truth, predicted)
 
 
@@ -69,14 +72,23 @@ def compare(
     draws: int = 5,
     test_fraction: float = 0.3,
     seed: int = 0,
+    dedupe: bool = False,
     progress: bool = False,
 ) -> Comparison:
-    """Measure every strategy at every ``shots`` value on the same held-out images."""
+    """Measure every strategy at every ``shots`` value on the same held-out images.
+
+    Test images that duplicate a training-pool image are reported, and left out with ``dedupe``.
+    """
     for name in strategies:
         create_strategy(name)
     features = embed_files(backbone, dataset.paths, progress=progress).features
     labels = torch.tensor(dataset.labels)
     pool, test = holdout_split(dataset.labels, test_fraction, seed)
+    pairs = duplicates(fingerprint(dataset.paths), test, [i for members in pool.values() for i in members])
+    leaks = [(str(dataset.paths[i]), str(dataset.paths[j])) for i, j in pairs]
+    if dedupe:
+        leaked = {i for i, _ in pairs}
+        test = [i for i in test if i not in leaked]
     backbone_ms = _backbone_ms_per_image(backbone, dataset.paths[:8])
     smallest_pool = min(len(v) for v in pool.values())
     usable = [k for k in shots if k <= smallest_pool]
@@ -114,7 +126,11 @@ def compare(
                 name, k, round(100 * mean, 2), round(100 * ci, 2), draws, round(float(np.mean(times[(name, k)])), 4),
                 round(backbone_ms + float(np.mean(heads[(name, k)])), 2),
             ))  # fmt: skip
-    return Comparison(points, len(test), list(dataset.classes), recommend(points), [k for k in shots if k not in usable], mistakes)
+    skipped = [k for k in shots if k not in usable]
+    return Comparison(
+        points, len(test), list(dataset.classes), recommend(points),
+        skipped_shots=skipped, leaks=leaks, deduped=dedupe, mistakes=mistakes,
+    )  # fmt: skip
 
 
 def _backbone_ms_per_image(backbone: Backbone, paths: list[Path]) -> float:
@@ -202,6 +218,7 @@ td,th{{border:1px solid #ccc;padding:.2rem .5rem}}figure{{display:inline-block;m
 figure img{{width:96px;height:96px;object-fit:cover}}</style></head><body>
 <h1>{escape(title)}</h1>
 <p id="recommendation"><b>{escape(comparison.recommendation)}</b></p>
+<p id="leakage">{_leak_text(comparison)}</p>
 <p>{comparison.test_images} held-out images over {len(comparison.classes)} classes; each point is the mean of
 {comparison.points[0].draws if comparison.points else 0} random draws of training images (95% CI).</p>
 <img id="accuracy-plot" alt="accuracy against examples per class" src="data:image/png;base64,{plots['accuracy']}">
@@ -216,6 +233,13 @@ figure img{{width:96px;height:96px;object-fit:cover}}</style></head><body>
     staging.write_text(html, encoding="utf-8")
     staging.replace(folder / "index.html")
     return folder / "index.html"
+
+
+def _leak_text(comparison: Comparison) -> str:
+    if not comparison.leaks:
+        return "No held-out image duplicates a training image."
+    action = "they were left out" if comparison.deduped else "rerun with --dedupe to leave them out"
+    return escape(f"{len(comparison.leaks)} held-out images duplicate a training image (same or nearly the same picture); {action}.")
 
 
 def _thumbnail(path: str) -> str:
