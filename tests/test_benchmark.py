@@ -53,3 +53,27 @@ def test_benchmark_reports_and_removes_leaked_queries(capsys, tmp_path, tiny_wei
     assert code == 0 and "query images duplicate a support image of their episode; kept" in err
     code, out, err = run(capsys, *args, "--dedupe", *flags)
     assert code == 0 and "left out (--dedupe)" in err
+
+
+def test_ctrl_c_keeps_the_partial_results():
+    import pytest
+    import torch
+
+    from fewtune import benchmark as bench
+    from fewtune.episodes import sample_episodes
+
+    labels = [c for c in range(3) for _ in range(4)]
+    features = torch.randn(12, 8)
+    setting = bench.Setting(3, 1, 2, 0, sample_episodes(labels, 3, 1, 2, 10))
+    calls = []
+
+    def advance(n):
+        calls.append(n)
+        if len(calls) == 14:  # all 10 prototype episodes, then 4 of probe's
+            raise KeyboardInterrupt
+
+    with pytest.raises(bench.Interrupted) as stop:
+        bench.run_setting(["prototype", "probe"], features, labels, setting, advance)
+    done, partial = stop.value.rows
+    assert done["episodes"] == 10 and "interrupted" not in done
+    assert partial["strategy"] == "probe" and partial["episodes"] == 4 and partial["interrupted"] is True

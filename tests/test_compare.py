@@ -79,3 +79,21 @@ def test_duplicates_across_the_split_are_reported_and_left_out(data, tiny_weight
     cleaned = compare(dataset, backbone, [1], ["prototype"], draws=2, test_fraction=0.5, dedupe=True)
     assert kept.leaks and not kept.deduped and cleaned.deduped
     assert cleaned.test_images == kept.test_images - len({t for t, _ in kept.leaks})
+
+
+def test_ctrl_c_returns_what_was_measured(data, tiny_weights):
+    import fewtune
+    from fewtune.compare import compare
+    from fewtune.dataset import load_dataset
+
+    calls = []
+
+    def advance(n):
+        calls.append(n)
+        if len(calls) == 3:  # 2 draws at 1 shot, then 1 of 2 at 2 shots
+            raise KeyboardInterrupt
+
+    backbone = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    result = compare(load_dataset(data), backbone, [1, 2, 3], ["prototype"], draws=2, advance=advance)
+    assert result.interrupted
+    assert [(p.shots, p.draws) for p in result.points] == [(1, 2), (2, 1)]

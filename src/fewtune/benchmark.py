@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,24 +57,57 @@ def episode_accuracy(spec: str, features: torch.Tensor, labels: list[int], episo
     return float((strategy.logits(features[episode.query]).argmax(dim=1) == query).float().mean())
 
 
-def run_setting(specs: list[str], features: torch.Tensor, labels: list[int], setting: Setting) -> list[dict[str, Any]]:
-    """One row per strategy: mean accuracy and 95% CI in percent, over exactly the same episodes."""
-    rows = []
+class Interrupted(Exception):
+    """Ctrl-C during a benchmark: ``rows`` holds what was measured, the last row possibly partial."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        super().__init__("interrupted")
+        self.rows = rows
+
+
+def run_setting(
+    specs: list[str],
+    features: torch.Tensor,
+    labels: list[int],
+    setting: Setting,
+    advance: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per strategy: mean accuracy and 95% CI in percent, over exactly the same episodes.
+
+    Args:
+        advance: called after every episode (for a progress bar).
+
+    Raises:
+        Interrupted: on Ctrl-C, carrying the rows so far; a partial row has ``"interrupted": true``.
+    """
+    rows: list[dict[str, Any]] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # episodes are tiny problems: a second thread only adds sync cost
     try:
         for spec in specs:
-            started = time.perf_counter()
-            scores = [episode_accuracy(spec, features, labels, e) for e in setting.episodes]
-            mean, ci95 = mean_ci95(scores)
-            rows.append({
-                "strategy": spec, "way": setting.way, "shot": setting.shot, "queries": setting.queries,
-                "episodes": len(scores), "mean": round(100 * mean, 2), "ci95": round(100 * ci95, 2),
-                "seconds": round(time.perf_counter() - started, 2),
-            })  # fmt: skip
+            started, scores = time.perf_counter(), []
+            try:
+                for episode in setting.episodes:
+                    scores.append(episode_accuracy(spec, features, labels, episode))
+                    if advance:
+                        advance(1)
+            except KeyboardInterrupt:
+                if scores:
+                    rows.append({**_row(spec, setting, scores, started), "interrupted": True})
+                raise Interrupted(rows) from None
+            rows.append(_row(spec, setting, scores, started))
     finally:
         torch.set_num_threads(threads)
     return rows
+
+
+def _row(spec: str, setting: Setting, scores: list[float], started: float) -> dict[str, Any]:
+    mean, ci95 = mean_ci95(scores)
+    return {
+        "strategy": spec, "way": setting.way, "shot": setting.shot, "queries": setting.queries,
+        "episodes": len(scores), "mean": round(100 * mean, 2), "ci95": round(100 * ci95, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }  # fmt: skip
 
 
 def guard_leakage(settings: list[Setting], prints: Fingerprints, dedupe: bool) -> tuple[list[Setting], int]:

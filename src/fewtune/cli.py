@@ -348,14 +348,27 @@ def benchmark(
     features = embed_files(encoder, dataset.paths, progress=not quiet)
     if len(features.kept) != len(dataset.paths):
         raise FewtuneError(f"{data}: some images could not be read; fix or remove them first")
-    rows = [row for setting in settings for row in bench.run_setting(specs, features.features, dataset.labels, setting)]
+    rows: list[dict] = []
+    interrupted = False
+    total = sum(len(s.episodes) for s in settings) * len(specs)
+    with _progress("episodes", total, enabled=not quiet) as advance:
+        try:
+            for setting in settings:
+                rows += bench.run_setting(specs, features.features, dataset.labels, setting, advance)
+        except bench.Interrupted as stop:
+            rows += stop.rows
+            interrupted = True
     if as_json:
         print(json.dumps(rows, indent=2))
-        return
-    table = Table("strategy", "way", "shot", "accuracy (%)", "episodes", "seconds", box=None)
-    for r in rows:
-        table.add_row(r["strategy"], str(r["way"]), str(r["shot"]), f"{r['mean']:.2f} ± {r['ci95']:.2f}", str(r["episodes"]), f"{r['seconds']:.1f}")
-    out.print(table)
+    else:
+        table = Table("strategy", "way", "shot", "accuracy (%)", "episodes", "seconds", box=None)
+        for r in rows:
+            episodes_done = f"{r['episodes']} (interrupted)" if r.get("interrupted") else str(r["episodes"])
+            table.add_row(r["strategy"], str(r["way"]), str(r["shot"]), f"{r['mean']:.2f} ± {r['ci95']:.2f}", episodes_done, f"{r['seconds']:.1f}")
+        out.print(table)
+    if interrupted:
+        err.print("interrupted: the results above are what was measured before Ctrl-C")
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -385,11 +398,17 @@ def compare(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     dataset = load_dataset(data)
-    result = run_compare(
-        dataset, create_backbone(backbone, weights), _ints(shots, "--shots"), names,
-        draws=draws, test_fraction=test_fraction, seed=seed, dedupe=dedupe, progress=not quiet,
-    )  # fmt: skip
+    counts = _ints(shots, "--shots")
+    encoder = create_backbone(backbone, weights)
+    with _progress("draws", len(counts) * draws, enabled=not quiet) as advance:
+        result = run_compare(
+            dataset, encoder, counts, names, draws=draws, test_fraction=test_fraction, seed=seed, dedupe=dedupe,
+            progress=not quiet, advance=advance,
+        )  # fmt: skip
     if not result.points:
+        if result.interrupted:
+            err.print("interrupted before any measurement")
+            raise typer.Exit(130)
         raise FewtuneError(f"{data}: {result.recommendation}")
     index = write_report(result, output, f"fewtune compare: {data.name}")
     if as_json:
@@ -406,6 +425,30 @@ def compare(
     if result.skipped_shots:
         err.print(f"skipped --shots {', '.join(map(str, result.skipped_shots))}: some class has too few images", highlight=False)
     err.print(f"wrote {index}", highlight=False)
+    if result.interrupted:
+        err.print("interrupted: the report holds what was measured before Ctrl-C")
+        raise typer.Exit(130)
+
+
+class _progress:
+    """A rich progress bar on stderr (or nothing), yielding an ``advance(n)`` function."""
+
+    def __init__(self, what: str, total: int, enabled: bool):
+        self.what, self.total, self.enabled = what, total, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n=1: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.what, total=self.total)
+        return lambda n=1: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
 
 
 def _ints(text: str, flag: str) -> list[int]:

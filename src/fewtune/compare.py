@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -46,6 +47,7 @@ class Comparison:
     skipped_shots: list[int] = field(default_factory=list)
     leaks: list[tuple[str, str]] = field(default_factory=list)  #: (test image, training-pool image) duplicates
     deduped: bool = False
+    interrupted: bool = False  #: Ctrl-C stopped the measurements; the points are what was measured
     mistakes: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # strategy -> (path, truth, predicted)
 
 
@@ -74,10 +76,12 @@ def compare(
     seed: int = 0,
     dedupe: bool = False,
     progress: bool = False,
+    advance: Callable[[int], None] | None = None,
 ) -> Comparison:
     """Measure every strategy at every ``shots`` value on the same held-out images.
 
     Test images that duplicate a training-pool image are reported, and left out with ``dedupe``.
+    ``advance`` is called after each draw; Ctrl-C returns what was measured (``interrupted``).
     """
     for name in strategies:
         create_strategy(name)
@@ -100,36 +104,44 @@ def compare(
     times: dict[tuple[str, int], list[float]] = {}
     heads: dict[tuple[str, int], list[float]] = {}
     mistakes: dict[str, list[tuple[str, str, str]]] = {}
-    for k in usable:
-        for draw in range(draws):
-            train = [i for c in sorted(pool) for i in rng.choice(pool[c], size=k, replace=False).tolist()]
-            for name in strategies:
-                strategy = create_strategy(name)
-                started = time.perf_counter()
-                strategy.fit(features[train], labels[train], len(dataset.classes))
-                times.setdefault((name, k), []).append(time.perf_counter() - started)
-                started = time.perf_counter()
-                predicted = strategy.logits(features[test]).argmax(1)
-                heads.setdefault((name, k), []).append(1000 * (time.perf_counter() - started) / len(test))
-                right = predicted == labels[test]
-                scores.setdefault((name, k), []).append(float(right.float().mean()))
-                if k == usable[-1] and draw == 0:
-                    mistakes[name] = [
-                        (str(dataset.paths[test[j]]), dataset.classes[int(labels[test[j]])], dataset.classes[int(predicted[j])])
-                        for j in (~right).nonzero().flatten().tolist()
-                    ]
+    interrupted = False
+    try:
+        for k in usable:
+            for draw in range(draws):
+                train = [i for c in sorted(pool) for i in rng.choice(pool[c], size=k, replace=False).tolist()]
+                for name in strategies:
+                    strategy = create_strategy(name)
+                    started = time.perf_counter()
+                    strategy.fit(features[train], labels[train], len(dataset.classes))
+                    times.setdefault((name, k), []).append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    predicted = strategy.logits(features[test]).argmax(1)
+                    heads.setdefault((name, k), []).append(1000 * (time.perf_counter() - started) / len(test))
+                    right = predicted == labels[test]
+                    scores.setdefault((name, k), []).append(float(right.float().mean()))
+                    if k == usable[-1] and draw == 0:
+                        mistakes[name] = [
+                            (str(dataset.paths[test[j]]), dataset.classes[int(labels[test[j]])], dataset.classes[int(predicted[j])])
+                            for j in (~right).nonzero().flatten().tolist()
+                        ]
+                if advance:
+                    advance(1)
+    except KeyboardInterrupt:
+        interrupted = True
     points = []
     for k in usable:
         for name in strategies:
+            if (name, k) not in scores:
+                continue
             mean, ci = mean_ci95(scores[(name, k)])
             points.append(CurvePoint(
-                name, k, round(100 * mean, 2), round(100 * ci, 2), draws, round(float(np.mean(times[(name, k)])), 4),
+                name, k, round(100 * mean, 2), round(100 * ci, 2), len(scores[(name, k)]), round(float(np.mean(times[(name, k)])), 4),
                 round(backbone_ms + float(np.mean(heads[(name, k)])), 2),
             ))  # fmt: skip
     skipped = [k for k in shots if k not in usable]
     return Comparison(
         points, len(test), list(dataset.classes), recommend(points),
-        skipped_shots=skipped, leaks=leaks, deduped=dedupe, mistakes=mistakes,
+        skipped_shots=skipped, leaks=leaks, deduped=dedupe, mistakes=mistakes, interrupted=interrupted,
     )  # fmt: skip
 
 
@@ -218,7 +230,7 @@ td,th{{border:1px solid #ccc;padding:.2rem .5rem}}figure{{display:inline-block;m
 figure img{{width:96px;height:96px;object-fit:cover}}</style></head><body>
 <h1>{escape(title)}</h1>
 <p id="recommendation"><b>{escape(comparison.recommendation)}</b></p>
-<p id="leakage">{_leak_text(comparison)}</p>
+<p id="leakage">{_leak_text(comparison)}</p>{'<p><b>Interrupted: partial results.</b></p>' if comparison.interrupted else ''}
 <p>{comparison.test_images} held-out images over {len(comparison.classes)} classes; each point is the mean of
 {comparison.points[0].draws if comparison.points else 0} random draws of training images (95% CI).</p>
 <img id="accuracy-plot" alt="accuracy against examples per class" src="data:image/png;base64,{plots['accuracy']}">
