@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from fewtune.dataset import Dataset
-from fewtune.episodes import Episode, mean_ci95
+from fewtune.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.errors import FewtuneError
 from fewtune.leakage import Fingerprints, duplicates
 from fewtune.strategies import Strategy, create_strategy
@@ -34,6 +34,19 @@ class Setting:
     queries: int
     seed: int
     episodes: list[Episode]
+
+
+def sample_settings(dataset: Dataset, ways: list[int], shots: list[int], queries: int, episodes: int, seed: int) -> list[Setting]:
+    """Seeded episodes for every (way, shot) pair."""
+    settings = []
+    for way in ways:
+        for shot in shots:
+            try:
+                sampled = sample_episodes(dataset.labels, way, shot, queries, episodes, seed)
+            except ValueError as exc:
+                raise FewtuneError(f"{dataset.source}: {exc}") from None
+            settings.append(Setting(way, shot, queries, seed, sampled))
+    return settings
 
 
 def build_strategy(spec: str) -> Strategy:

@@ -319,7 +319,6 @@ def benchmark(
     from fewtune import benchmark as bench
     from fewtune.backbones import create_backbone
     from fewtune.dataset import load_dataset
-    from fewtune.episodes import sample_episodes
     from fewtune.features import embed_files
     from fewtune.leakage import fingerprint
 
@@ -330,14 +329,7 @@ def benchmark(
     if load_episodes:
         settings = bench.load_episodes(load_episodes, dataset)
     else:
-        settings = []
-        for w in _ints(way, "--way"):
-            for k in _ints(shot, "--shot"):
-                try:
-                    sampled = sample_episodes(dataset.labels, w, k, queries, episodes, seed)
-                except ValueError as exc:
-                    raise FewtuneError(f"{data}: {exc}") from None
-                settings.append(bench.Setting(w, k, queries, seed, sampled))
+        settings = bench.sample_settings(dataset, _ints(way, "--way"), _ints(shot, "--shot"), queries, episodes, seed)
     settings, leaked = bench.guard_leakage(settings, fingerprint(dataset.paths), dedupe)
     if leaked:
         action = "left out (--dedupe)" if dedupe else "kept; --dedupe leaves them out"
@@ -345,9 +337,7 @@ def benchmark(
     if save_episodes:
         bench.save_episodes(save_episodes, dataset, settings)
     encoder = create_backbone(backbone, weights)
-    features = embed_files(encoder, dataset.paths, progress=not quiet)
-    if len(features.kept) != len(dataset.paths):
-        raise FewtuneError(f"{data}: some images could not be read; fix or remove them first")
+    features = embed_files(encoder, dataset.paths, progress=not quiet)  # a bad image stops here, named
     rows: list[dict] = []
     interrupted = False
     total = sum(len(s.episodes) for s in settings) * len(specs)
