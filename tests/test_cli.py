@@ -121,3 +121,11 @@ def test_demo_trains_and_predicts_on_the_bundled_photos(capsys, tmp_path):
     accuracies = [float(r[2].rstrip("%")) for r in rows]
     assert min(accuracies) >= 85.0, out
     assert (tmp_path / "demo.fewtune" / "config.json").is_file()
+
+
+def test_predict_transductive(capsys, colour_data, tmp_path, tiny_flags):
+    run(capsys, "train", colour_data, "-o", tmp_path / "m", *tiny_flags, "-q")
+    code, out, err = run(capsys, "predict", tmp_path / "m", colour_data, "--transductive", "--json", "-q")
+    assert code == 0, err
+    results = json.loads(out)
+    assert len(results) == 9 and all(r["label"] == r["path"].split("/")[-2] for r in results)

@@ -31,7 +31,7 @@ from fewtune.dataset import collect_inputs
 from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
 from fewtune.openset import calibrate_threshold, novelty
-from fewtune.strategies import Strategy, create_strategy
+from fewtune.strategies import Prototype, Strategy, create_strategy
 from fewtune.strategies.base import class_means
 
 FORMAT = "fewtune-classifier"
@@ -142,18 +142,22 @@ class Classifier:
         open_set: bool | None = None,
         unknown_threshold: float | None = None,
         unknown_label: str | None = None,
+        transductive: bool = False,
     ) -> list[Prediction]:
         """Classify image files, folders or glob patterns.
 
         Args:
             skip_bad: leave unreadable files out of the result instead of raising.
             open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet` settings.
+            transductive: classify the inputs together, with class prototypes refined on them
+                (see :class:`~fewtune.strategies.Prototype`); best for a batch of many unlabelled images.
         """
         paths = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
         embedded = embed_files(self.backbone, paths, skip_bad=skip_bad, progress=progress)
         predictions = self.predict_features(
-            embedded.features, top_k, open_set=open_set, unknown_threshold=unknown_threshold, unknown_label=unknown_label
-        )
+            embedded.features, top_k, open_set=open_set, unknown_threshold=unknown_threshold,
+            unknown_label=unknown_label, transductive=transductive,
+        )  # fmt: skip
         return [replace(p, path=str(paths[i])) for p, i in zip(predictions, embedded.kept)]
 
     def predict_features(
@@ -164,13 +168,19 @@ class Classifier:
         open_set: bool | None = None,
         unknown_threshold: float | None = None,
         unknown_label: str | None = None,
+        transductive: bool = False,
     ) -> list[Prediction]:
         """:meth:`predict` for embeddings already computed by this classifier's backbone (paths empty)."""
         settings = self.open_set
         reject = settings.enabled if open_set is None else open_set
         threshold = settings.threshold if unknown_threshold is None else unknown_threshold
         unknown = settings.unknown_label if unknown_label is None else unknown_label
-        probabilities = self.predict_proba_features(features)
+        if transductive:
+            refined = Prototype(transductive=True)
+            refined.fit(self.support_features, self.support_labels, len(self.classes))
+            probabilities = refined.logits(features).softmax(dim=1) if len(features) else torch.empty(0, len(self.classes))
+        else:
+            probabilities = self.predict_proba_features(features)
         novelty = self.novelty_features(features)
         k = max(1, min(top_k, len(self.classes)))
         scores, indices = probabilities.topk(k, dim=1)

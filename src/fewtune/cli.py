@@ -168,6 +168,14 @@ def predict(
         Optional[float], typer.Option(help="Reject inputs with novelty above this [default: the calibrated threshold].")
     ] = None,
     unknown_label: Annotated[Optional[str], typer.Option(help="Label for rejected inputs [default: as trained].")] = None,
+    transductive: Annotated[
+        bool,
+        typer.Option(
+            "--transductive",
+            help="Classify all inputs together, refining the class prototypes on them (BD-CSPN-style): "
+            "more accurate for a batch of many unlabelled images; each answer then depends on the batch.",
+        ),
+    ] = False,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images instead of stopping.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -181,7 +189,7 @@ def predict(
     classifier = load(model)
     predictions = classifier.predict(
         inputs, top_k=top_k, skip_bad=skip_bad, progress=not quiet, open_set=open_set,
-        unknown_threshold=unknown_threshold, unknown_label=unknown_label,
+        unknown_threshold=unknown_threshold, unknown_label=unknown_label, transductive=transductive,
     )  # fmt: skip
     if as_json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
