@@ -66,3 +66,17 @@ def test_html_report_renders_in_a_browser(trained, colour_data, tmp_path, browse
     assert "Accuracy 100.0% on 9 images" in browser.find_element(By.ID, "summary").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class tr")) == 4
     assert len(browser.find_elements(By.CSS_SELECTOR, "#confusion tr")) == 4
+
+
+def test_copies_of_training_images_are_reported_and_left_out(real_backbone, photo_data, tmp_path):
+    from conftest import unseen_photos
+
+    trained = fewtune.train(photo_data, "prototype", backbone=real_backbone)
+    test = tmp_path / "test" / "scissors"
+    test.mkdir(parents=True)
+    (test / "copy.jpg").write_bytes(sorted((photo_data / "scissors").iterdir())[0].read_bytes())
+    (test / "new.jpg").write_bytes(unseen_photos("scissors", 1)[0].read_bytes())
+    report = evaluate(trained, fewtune.load_dataset(test.parent, min_classes=1))
+    assert [p.split("/")[-1] for p in report.duplicates_of_training] == ["copy.jpg"] and report.images == 2
+    cleaned = evaluate(trained, fewtune.load_dataset(test.parent, min_classes=1), dedupe=True)
+    assert cleaned.images == 1 and cleaned.deduped

@@ -262,6 +262,7 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="Labelled test images: DATA/<class>/*.jpg or a path,label CSV.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML report here.")] = None,
+    dedupe: Annotated[bool, typer.Option("--dedupe", help="Leave out test images that are copies of training images.")] = False,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images instead of stopping.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -277,7 +278,10 @@ def evaluate(
     test = load_dataset(data, min_classes=1)
     if not set(test.classes) & set(classifier.classes):
         raise FewtuneError(f"{data}: none of its classes ({', '.join(test.classes[:5])}) is one of the classifier's ({', '.join(classifier.classes[:5])})")
-    report = run_evaluation(classifier, test, skip_bad=skip_bad, progress=not quiet)
+    report = run_evaluation(classifier, test, skip_bad=skip_bad, progress=not quiet, dedupe=dedupe)
+    if report.duplicates_of_training:
+        action = "left out (--dedupe)" if dedupe else "kept; --dedupe leaves them out"
+        err.print(f"warning: {len(report.duplicates_of_training)} test images are copies of training images, e.g. {report.duplicates_of_training[0]}; {action}", highlight=False)
     if html:
         write_html(report, html, f"fewtune evaluate: {model.name} on {data.name}")
     if as_json:

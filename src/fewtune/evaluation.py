@@ -13,6 +13,7 @@ from fewtune.calibration import expected_calibration_error
 from fewtune.classifier import Classifier
 from fewtune.dataset import Dataset
 from fewtune.features import embed_files
+from fewtune.strategies.base import normalize
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Report:
     Attributes:
         confusion: rows = true class, columns = predicted class, in ``classes`` order.
         ece_uncalibrated / ece: expected calibration error without / with the fitted temperature.
+        duplicates_of_training: test images that are copies of training images (left out if ``deduped``).
         unknown_classes: test classes the classifier does not know; with ``unknown_rejected``,
             the share of their images it answered "unknown" (open set).
         known_rejected: share of known-class images wrongly answered "unknown" (open set).
@@ -57,21 +59,37 @@ class Report:
     unknown_classes: list[str] = field(default_factory=list)
     unknown_images: int = 0
     unknown_rejected: float | None = None
+    duplicates_of_training: list[str] = field(default_factory=list)
+    deduped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def evaluate(classifier: Classifier, data: Dataset, *, skip_bad: bool = False, progress: bool = False, mistakes: int = 10) -> Report:
+SAME_PICTURE = 0.9999  #: cosine between embeddings above which a test image is a copy of a training one
+
+
+def evaluate(
+    classifier: Classifier, data: Dataset, *, skip_bad: bool = False, progress: bool = False, mistakes: int = 10, dedupe: bool = False
+) -> Report:
     """Score ``classifier`` on a labelled dataset whose class names match its classes.
 
-    Test classes it does not know are used to measure open-set rejection instead.
+    Test classes it does not know are used to measure open-set rejection instead. Test images
+    that are copies of training images (the classifier keeps their embeddings, not the files:
+    cosine >= :data:`SAME_PICTURE`) are counted in ``Report.duplicates_of_training``, and left
+    out with ``dedupe``.
     """
     embedded = embed_files(classifier.backbone, data.paths, skip_bad=skip_bad, progress=progress)
     names = [data.classes[data.labels[i]] for i in embedded.kept]
     paths = [str(data.paths[i]) for i in embedded.kept]
-    known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
     features = embedded.features
+    similarity = normalize(features) @ normalize(classifier.support_features).T
+    copies = similarity.max(dim=1).values >= SAME_PICTURE if len(features) else torch.zeros(0, dtype=torch.bool)
+    duplicates = [p for p, c in zip(paths, copies.tolist()) if c]
+    if dedupe and duplicates:
+        keep = (~copies).nonzero().flatten().tolist()
+        names, paths, features = [names[i] for i in keep], [paths[i] for i in keep], features[keep]
+    known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
     logits = classifier.strategy.logits(features[known])
     probabilities = (logits / classifier.temperature).softmax(1)
     truth = torch.tensor([classifier.classes.index(n) for n, k in zip(names, known.tolist()) if k], dtype=torch.long)
@@ -113,6 +131,8 @@ def evaluate(classifier: Classifier, data: Dataset, *, skip_bad: bool = False, p
         unknown_classes=unknown_names,
         unknown_images=int((~known).sum()),
         unknown_rejected=round(float((novelty[~known] > threshold).double().mean()), 4) if (~known).any() else None,
+        duplicates_of_training=duplicates,
+        deduped=dedupe,
     )
 
 
