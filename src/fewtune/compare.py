@@ -21,6 +21,7 @@ import torch
 from fewtune.backbones import Backbone
 from fewtune.dataset import Dataset
 from fewtune.episodes import mean_ci95
+from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
 from fewtune.images import load as load_image
 from fewtune.leakage import duplicates, fingerprint
@@ -178,8 +179,11 @@ def recommend(points: list[CurvePoint]) -> str:
 
 def write_report(comparison: Comparison, folder: Path, title: str) -> Path:
     """``folder/index.html`` (self-contained: plots and thumbnails inline) and ``folder/*.png``."""
-    import matplotlib
-    import matplotlib.ticker
+    try:
+        import matplotlib
+        import matplotlib.ticker
+    except ImportError:
+        raise FewtuneError("the report's plots need matplotlib: pip install 'fewtune[report]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
