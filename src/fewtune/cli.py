@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fewtune._version import __version__
 from fewtune.errors import FewtuneError
+from fewtune.progress import ProgressBar
 
 app = typer.Typer(
     name="fewtune",
@@ -353,7 +354,7 @@ def benchmark(
     rows: list[dict] = []
     interrupted = False
     total = sum(len(s.episodes) for s in settings) * len(specs)
-    with _progress("episodes", total, enabled=not quiet) as advance:
+    with ProgressBar("episodes", total, enabled=not quiet) as advance:
         try:
             for setting in settings:
                 rows += bench.run_setting(specs, features.features, dataset.labels, setting, advance)
@@ -402,7 +403,7 @@ def compare(
     dataset = load_dataset(data)
     counts = _ints(shots, "--shots")
     encoder = create_backbone(backbone, weights)
-    with _progress("draws", len(counts) * draws, enabled=not quiet) as advance:
+    with ProgressBar("draws", len(counts) * draws, enabled=not quiet) as advance:
         result = run_compare(
             dataset, encoder, counts, names, draws=draws, test_fraction=test_fraction, seed=seed, dedupe=dedupe,
             progress=not quiet, advance=advance,
@@ -430,27 +431,6 @@ def compare(
     if result.interrupted:
         err.print("interrupted: the report holds what was measured before Ctrl-C")
         raise typer.Exit(130)
-
-
-class _progress:
-    """A rich progress bar on stderr (or nothing), yielding an ``advance(n)`` function."""
-
-    def __init__(self, what: str, total: int, enabled: bool):
-        self.what, self.total, self.enabled = what, total, enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n=1: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.what, total=self.total)
-        return lambda n=1: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def _ints(text: str, flag: str) -> list[int]:

@@ -4,7 +4,6 @@ backbone runs, and skip all of that for images already in the cache."""
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from fewtune import images
 from fewtune.backbones import Backbone
 from fewtune.cache import FeatureCache, default_cache_dir
 from fewtune.errors import FewtuneError
+from fewtune.progress import ProgressBar
 
 
 @dataclass
@@ -95,7 +95,7 @@ def embed_files(
         computed = 0
         batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         try:
-            with _progress_bar(len(todo), enabled=progress) as advance:
+            with ProgressBar("embedding images", len(todo), enabled=progress) as advance:
                 pending = [pool.submit(_prepare_batch, prepare, b) for b in batches[:1]]
                 for b, batch in enumerate(batches):
                     if b + 1 < len(batches):
@@ -162,36 +162,3 @@ def _prepare_batch(prepare: Callable, batch: list[int]) -> tuple[dict[int, torch
         except FewtuneError as exc:
             errors[i] = str(exc)
     return tensors, errors
-
-
-class _progress_bar:
-    """A rich progress bar on stderr that appears only for work worth watching (> 1 s)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.bar = total, enabled and total > 0, None
-
-    def __enter__(self) -> Callable[[int], None]:
-        self.start = time.monotonic()
-        self.done = 0
-        return self.advance
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self.bar is None and time.monotonic() - self.start > 1.0 and self.done < self.total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("embedding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )  # fmt: skip
-            self.bar.start()
-            self.task = self.bar.add_task("embed", total=self.total, completed=self.done)
-        elif self.bar is not None:
-            self.bar.update(self.task, completed=self.done)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fewtune.strategies.base import Strategy, check_support, class_means, normalize
+from fewtune.strategies.base import Strategy, check_support, normalize
 
 
 class Prototype(Strategy):
@@ -47,7 +47,7 @@ class Prototype(Strategy):
         unit = normalize(features)
         self.sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
         self.support_mean = unit.mean(dim=0)
-        self.prototypes = class_means(features, labels, num_classes)
+        self.prototypes = normalize(self.sums)  # normalising the sum = normalising the mean
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.prototypes is None:
