@@ -22,7 +22,7 @@ from typing import Any
 
 
 import fewtune
-from fewtune.benchmark import Setting, build_strategy, run_setting
+from fewtune.benchmark import Images, Setting, build_strategy, run_setting
 from fewtune.episodes import sample_episodes
 from fewtune.features import embed_files
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 episodes = sample_episodes(dataset.labels, way, shot, args.queries, args.episodes, seed=args.seed)
                 for spec in specs:
                     setting = Setting(way, shot, args.queries, args.seed, episodes[: limits.get(spec, len(episodes))])
-                    [row] = run_setting([spec], embedded.features, dataset.labels, setting)
+                    [row] = run_setting([spec], embedded.features, dataset.labels, setting, images=Images(backbone, dataset.paths))
                     results.append({"dataset": folder.name, **row, "seed": args.seed})
                     print(f"  {way}-way {shot}-shot {spec:>16}: {row['mean']:.2f} ± {row['ci95']:.2f} % "
                           f"({row['episodes']} episodes, {row['seconds']:.1f} s)", flush=True)  # fmt: skip

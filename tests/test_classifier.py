@@ -74,12 +74,16 @@ def test_save_never_overwrites_something_else(trained, tmp_path):
     assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
 
 
-def test_newer_format_is_refused(trained, tmp_path):
+def test_newer_format_is_refused_and_older_ones_load(trained, tmp_path):
     path = trained.save(tmp_path / "m.fewtune")
     config = json.loads((path / "config.json").read_text())
+    config["format_version"] = 1  # before fine-tuned bodies: no tuned_sha256
+    del config["backbone"]["tuned_sha256"]
+    (path / "config.json").write_text(json.dumps(config))
+    assert fewtune.load(path).classes == trained.classes
     config["format_version"] = 99
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(FewtuneError, match=r"in format 99, newer than this fewtune .* reads \(format 1\); upgrade with `pip install -U fewtune`"):
+    with pytest.raises(FewtuneError, match=r"in format 99, newer than this fewtune .* reads \(format 2\); upgrade with `pip install -U fewtune`"):
         fewtune.load(path)
 
 

@@ -129,3 +129,47 @@ def test_predict_transductive(capsys, colour_data, tmp_path, tiny_flags):
     assert code == 0, err
     results = json.loads(out)
     assert len(results) == 9 and all(r["label"] == r["path"].split("/")[-2] for r in results)
+
+
+def test_finetune_from_the_command_line(capsys, colour_data, tmp_path, tiny_flags, monkeypatch):
+    from fewtune import finetuning
+
+    model = tmp_path / "tuned.fewtune"
+    flags = ["--strategy", "finetune", "--unfreeze", "top:2", "--epochs", "2", "--views", "2", "--batch-size", "4", "--head-epochs", "5", *tiny_flags]
+    save = finetuning._save_checkpoint
+
+    def save_then_stop(folder, *args):
+        save(folder, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetuning, "_save_checkpoint", save_then_stop)
+    code, _, err = run(capsys, "train", colour_data, "-o", model, *flags)
+    assert code == 130 and "run again with --resume" in err and not model.exists()
+    assert (tmp_path / "tuned.fewtune.checkpoint" / "state.json").is_file()
+    monkeypatch.setattr(finetuning, "_save_checkpoint", save)
+
+    code, _, err = run(capsys, "train", colour_data, "-o", model, *flags, "--resume")
+    assert code == 0, err
+    assert "trained finetune" in err and "body: unfreeze top:2 (set by --unfreeze)" in err and "fine-tuned 2 epochs" in err
+    assert (model / "body.safetensors").is_file() and not (tmp_path / "tuned.fewtune.checkpoint").exists()
+    code, out, _ = run(capsys, "predict", model, colour_data / "red", "--json", "-q")
+    assert code == 0 and len(json.loads(out)) == 3
+
+    png = tmp_path / "lr.png"
+    code, out, err = run(capsys, "train", colour_data, *flags, "--lr-find", png)
+    assert code == 0, err
+    assert "suggested --lr" in out and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--strategy", "finetune", "--unfreeze", "top"], "--unfreeze must be auto | none | top:N | all"),
+        (["--strategy", "finetune", "--augment", "heavy"], "--augment must be one of none, light, strong"),
+        (["--strategy", "probe", "--lr", "0.1"], "--lr applies to --strategy finetune only, not probe"),
+        (["--strategy", "finetune", "--resume"], "--resume: no checkpoint at"),
+    ],
+)
+def test_finetune_flag_errors(capsys, colour_data, tiny_flags, flags, message):
+    code, _, err = run(capsys, "train", colour_data, *flags, *tiny_flags)
+    assert code == 2 and message in err and "Traceback" not in err

@@ -97,3 +97,18 @@ def test_ctrl_c_returns_what_was_measured(data, tiny_weights):
     result = compare(load_dataset(data), backbone, [1, 2, 3], ["prototype"], draws=2, advance=advance)
     assert result.interrupted
     assert [(p.shots, p.draws) for p in result.points] == [(1, 2), (2, 1)]
+
+
+def test_finetune_is_compared_on_its_own_tuned_features(data, tiny_weights, monkeypatch):
+    import fewtune
+    from fewtune.compare import compare
+    from fewtune.dataset import load_dataset
+    from fewtune.strategies import finetune
+
+    monkeypatch.setattr(finetune, "AUTO_TOP", 1)
+    backbone = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    monkeypatch.setattr(finetune, "HEADROOM", 1.01)  # always worth tuning, even on easy colours
+    result = compare(load_dataset(data), backbone, [2], ["prototype", "finetune"], draws=2, test_fraction=0.5)
+    tuned, frozen = (next(p for p in result.points if p.strategy == s) for s in ("finetune", "prototype"))
+    assert tuned.draws == frozen.draws == 2 and tuned.train_seconds > frozen.train_seconds
+    assert backbone.tuned_sha256 is None

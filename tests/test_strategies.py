@@ -15,8 +15,8 @@ def blobs(per_class: int, num_classes: int = 3, dim: int = 16, seed: int = 0):
 
 
 def test_registry():
-    assert list_strategies() == ["auto", "prototype", "probe"]
-    with pytest.raises(FewtuneError, match="unknown strategy .magic.: use one of auto, prototype, probe"):
+    assert list_strategies() == ["auto", "prototype", "probe", "finetune"]
+    with pytest.raises(FewtuneError, match="unknown strategy .magic.: use one of auto, prototype, probe, finetune"):
         create_strategy("magic")
     with pytest.raises(FewtuneError, match="strategy 'prototype': temperature must be > 0"):
         create_strategy("prototype", temperature=0)

@@ -11,7 +11,7 @@ import hashlib
 import importlib.util
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class Backbone:
         weights_source: where the weights came from (package name or file path), for messages.
         preprocessing: timm's data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
         model: the network; it keeps its ImageNet classifier when the weights have one.
+        tuned_sha256: set when the body was fine-tuned (see :meth:`with_tuned_body`): a hash of
+            its parameters, so tuned features never mix with pretrained ones in the cache.
     """
 
     name: str
@@ -75,6 +77,7 @@ class Backbone:
     weights_source: str
     preprocessing: dict[str, Any]
     model: nn.Module
+    tuned_sha256: str | None = None
 
     @property
     def dim(self) -> int:
@@ -84,11 +87,14 @@ class Backbone:
     @property
     def fingerprint(self) -> str:
         """Identifies every input-to-embedding detail; the feature cache is keyed by it."""
-        key = json.dumps(
-            {"timm": self.timm_name, "weights": self.weights_sha256, "pre": self.preprocessing, "v": 1},
-            sort_keys=True,
-        )
-        return hashlib.sha256(key.encode()).hexdigest()
+        identity = {"timm": self.timm_name, "weights": self.weights_sha256, "pre": self.preprocessing, "v": 1}
+        if self.tuned_sha256:
+            identity["tuned"] = self.tuned_sha256
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def with_tuned_body(self) -> Backbone:
+        """This backbone marked as fine-tuned, its parameters hashed (call after changing them)."""
+        return replace(self, tuned_sha256=state_sha256(self.model.state_dict()))
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -248,4 +254,14 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Hash of a state dict's names, dtypes, shapes and values, independent of how it is stored."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

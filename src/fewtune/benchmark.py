@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
+from fewtune.backbones import Backbone
 from fewtune.dataset import Dataset
 from fewtune.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.errors import FewtuneError
+from fewtune.features import embed_files
 from fewtune.leakage import Fingerprints, duplicates
 from fewtune.strategies import Strategy, create_strategy
 
@@ -62,12 +64,40 @@ def build_strategy(spec: str) -> Strategy:
     return create_strategy(name, **hyperparameters)
 
 
-def episode_accuracy(spec: str, features: torch.Tensor, labels: list[int], episode: Episode) -> float:
+@dataclass(frozen=True)
+class Images:
+    """What strategies that learn from the images themselves (``finetune``) need: the backbone
+    the features came from and every dataset item's file."""
+
+    backbone: Backbone
+    paths: list[Path]
+
+
+def fit_on(
+    strategy: Strategy, features: torch.Tensor, support: list[int], labels: torch.Tensor, num_classes: int, images: Images | None
+) -> Callable[[list[int]], torch.Tensor]:
+    """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``; returns
+    how to get the features of other items: re-embedded when the strategy fine-tuned the backbone."""
+    support_features = features[support]
+    embed: Callable[[list[int]], torch.Tensor] = lambda items: features[items]  # noqa: E731
+    if strategy.needs_images:
+        if images is None:
+            raise FewtuneError(f"strategy {strategy.name!r} learns from the images: benchmark it from a dataset folder")
+        paths = [images.paths[i] for i in support]
+        tuned = strategy.tune(images.backbone, paths, labels, support_features, num_classes)
+        if tuned is not images.backbone:  # tuned features belong to this fit alone: not worth caching
+            support_features = embed_files(tuned, paths, cache=False).features
+            embed = lambda items: embed_files(tuned, [images.paths[i] for i in items], cache=False).features  # noqa: E731
+    strategy.fit(support_features, labels, num_classes)
+    return embed
+
+
+def episode_accuracy(spec: str, features: torch.Tensor, labels: list[int], episode: Episode, images: Images | None = None) -> float:
     """Fit a fresh strategy on the episode's support set and score it on its query set."""
     support, query = (torch.tensor(y) for y in episode.local_labels(labels))
     strategy = build_strategy(spec)
-    strategy.fit(features[episode.support], support, len(episode.classes))
-    return float((strategy.logits(features[episode.query]).argmax(dim=1) == query).float().mean())
+    embed = fit_on(strategy, features, episode.support, support, len(episode.classes), images)
+    return float((strategy.logits(embed(episode.query)).argmax(dim=1) == query).float().mean())
 
 
 class Interrupted(Exception):
@@ -84,24 +114,27 @@ def run_setting(
     labels: list[int],
     setting: Setting,
     advance: Callable[[int], None] | None = None,
+    images: Images | None = None,
 ) -> list[dict[str, Any]]:
     """One row per strategy: mean accuracy and 95% CI in percent, over exactly the same episodes.
 
     Args:
         advance: called after every episode (for a progress bar).
+        images: needed by strategies that learn from images (see :class:`Images`).
 
     Raises:
         Interrupted: on Ctrl-C, carrying the rows so far; a partial row has ``"interrupted": true``.
     """
     rows: list[dict[str, Any]] = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # episodes are tiny problems: a second thread only adds sync cost
     try:
         for spec in specs:
+            # episodes on embeddings are tiny problems: a second thread only adds sync cost
+            torch.set_num_threads(threads if build_strategy(spec).needs_images else 1)
             started, scores = time.perf_counter(), []
             try:
                 for episode in setting.episodes:
-                    scores.append(episode_accuracy(spec, features, labels, episode))
+                    scores.append(episode_accuracy(spec, features, labels, episode, images))
                     if advance:
                         advance(1)
             except KeyboardInterrupt:

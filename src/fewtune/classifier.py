@@ -6,10 +6,12 @@ Layout of ``name.fewtune/``::
                             strategy + hyperparameters, ordered classes, training summary
     strategy.safetensors    the strategy's learned tensors
     support.safetensors     support embeddings and labels (to refit or add classes later)
+    body.safetensors        the fine-tuned backbone, only when the body was fine-tuned
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -25,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fewtune._version import __version__
-from fewtune.backbones import REGISTRY, Backbone, create_backbone
+from fewtune.backbones import REGISTRY, Backbone, create_backbone, state_sha256
 from fewtune.calibration import fit_temperature
 from fewtune.dataset import collect_inputs
 from fewtune.errors import FewtuneError
@@ -35,7 +37,7 @@ from fewtune.strategies import Prototype, Strategy, create_strategy
 from fewtune.strategies.base import class_means
 
 FORMAT = "fewtune-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: body.safetensors for fine-tuned backbones
 
 
 DEFAULT_UNKNOWN_LABEL = "unknown"
@@ -267,6 +269,7 @@ class Classifier:
                 "weights_sha256": self.backbone.weights_sha256,
                 "weights_source": self.backbone.weights_source,
                 "embedding_dim": self.backbone.dim,
+                "tuned_sha256": self.backbone.tuned_sha256,
             },
             "preprocessing": self.backbone.preprocessing,
             "strategy": {
@@ -296,6 +299,9 @@ class Classifier:
             save_file({k: v.contiguous() for k, v in self.strategy.state_dict().items()}, staging / "strategy.safetensors")
             support = {"features": self.support_features.contiguous(), "labels": self.support_labels.contiguous()}
             save_file(support, staging / "support.safetensors")
+            if self.backbone.tuned_sha256:
+                body = {k: v.contiguous() for k, v in self.backbone.model.state_dict().items()}
+                save_file(body, staging / "body.safetensors")
             for file in staging.iterdir():
                 _fsync(file)
             if path.exists():  # swap: the old folder is removed only once the new one is in place
@@ -357,6 +363,8 @@ def _from_config(path: Path, config: dict[str, Any], backbone: Backbone | None) 
             f"{path}: trained with {saved['name']} weights {saved['weights_sha256'][:12]}… but this machine has "
             f"{backbone.weights_sha256[:12]}… ({backbone.weights_source}); install the same weights or retrain"
         )
+    if saved.get("tuned_sha256"):
+        backbone = _load_tuned_body(path, backbone, saved["tuned_sha256"])
     backbone.preprocessing = config["preprocessing"]  # what it was trained with, not today's default
     strategy = create_strategy(config["strategy"]["name"], **config["strategy"]["hyperparameters"])
     try:
@@ -377,6 +385,22 @@ def _from_config(path: Path, config: dict[str, Any], backbone: Backbone | None) 
         open_set=OpenSet(**config["open_set"]),
         training=config.get("training", {}),
     )
+
+
+def _load_tuned_body(path: Path, backbone: Backbone, expected: str) -> Backbone:
+    """A copy of ``backbone`` with the fine-tuned parameters of ``body.safetensors``, checked by hash."""
+    try:
+        state = load_file(path / "body.safetensors")
+    except (OSError, SafetensorError) as exc:
+        raise FewtuneError(f"{path}/body.safetensors: missing or damaged ({exc}); train the classifier again") from None
+    if state_sha256(state) != expected:
+        raise FewtuneError(f"{path}/body.safetensors: does not match the hash in config.json (damaged or replaced); train the classifier again")
+    tuned = copy.deepcopy(backbone)
+    try:
+        tuned.model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise FewtuneError(f"{path}/body.safetensors: does not fit {backbone.timm_name}; train the classifier again") from None
+    return replace(tuned, tuned_sha256=expected)
 
 
 def check_class_names(classes: list[str], unknown_label: str) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -59,7 +60,9 @@ def train(
             "--strategy", "-s",
             help="auto: the strategy most accurate on held-out training examples (recorded in the model). "
             "prototype: nearest class mean, no training, works from 1 example per class. "
-            "probe: logistic-regression head on frozen features (transfer learning).",
+            "probe: logistic-regression head on frozen features (transfer learning). "
+            "finetune: new head trained first alone, then with the top of the body when the training "
+            "images say it pays (fine-tuning; the choice is recorded).",
         ),
     ] = "auto",  # fmt: skip
     backbone: Annotated[
@@ -72,6 +75,27 @@ def train(
         Optional[float], typer.Option(help="probe only: L2 strength [default: chosen by cross-validation, >= 3 images a class].")
     ] = None,
     temperature: Annotated[Optional[float], typer.Option(help="prototype only: softmax temperature [default: 0.1].")] = None,
+    unfreeze: Annotated[
+        Optional[str],
+        typer.Option(help="finetune: body stages to train: auto (decided from the images), none (head only), top:N, all [default: auto]."),
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="finetune: passes over the augmented views [default: about 40 steps].")] = None,
+    head_epochs: Annotated[Optional[int], typer.Option(help="finetune: head-only steps on cached features [default: 100].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="finetune: head learning rate [default: 0.01].")] = None,
+    body_lr: Annotated[Optional[float], typer.Option(help="finetune: learning rate of the top body stage [default: 0.001].")] = None,
+    layer_decay: Annotated[Optional[float], typer.Option(help="finetune: learning-rate factor per stage further down [default: 0.7].")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="finetune: none, light (crop + small affine, no flip) or strong (+ flip, TrivialAugment) [default: light].")] = None,
+    views: Annotated[Optional[int], typer.Option(help="finetune: augmented views per image [default: about 256 in all, 4 to 32 per image].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="finetune: augmented views per step [default: 16].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="finetune: seeds augmentation and sampling [default: 0].")] = None,
+    val_split: Annotated[
+        Optional[float], typer.Option(help="finetune: share of each class held out for early stopping and best-epoch restore [default: 0].")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="finetune: continue from the checkpoint an interrupted run left (OUTPUT.checkpoint).")] = False,
+    lr_find: Annotated[
+        Optional[Path],
+        typer.Option("--lr-find", help="finetune: run a learning-rate range test instead of training, print the suggested --lr and save the curve to this PNG."),
+    ] = None,
     open_set: Annotated[
         bool,
         typer.Option(
@@ -88,18 +112,40 @@ def train(
     """Train a classifier on labelled images and save it as a folder (config.json + safetensors)."""
     from fewtune.trainer import train as train_classifier
 
+    finetune = {"--unfreeze": unfreeze, "--epochs": epochs, "--head-epochs": head_epochs, "--lr": lr, "--body-lr": body_lr,
+                "--layer-decay": layer_decay, "--augment": augment, "--views": views, "--batch-size": batch_size, "--seed": seed,
+                "--val-split": val_split, "--resume": resume or None, "--lr-find": lr_find}  # fmt: skip
+    owners = {"--l2": (l2, "probe"), "--temperature": (temperature, "prototype")}
+    owners.update({flag: (value, "finetune") for flag, value in finetune.items()})
     hyperparameters = {}
-    for flag, value, owner in (("--l2", l2, "probe"), ("--temperature", temperature, "prototype")):
+    for flag, (value, owner) in owners.items():
         if value is not None:
             if strategy != owner:
                 raise FewtuneError(f"{flag} applies to --strategy {owner} only, not {strategy}")
-            hyperparameters[flag.strip("-")] = value
+            if flag not in ("--resume", "--lr-find"):
+                hyperparameters[flag.strip("-").replace("-", "_")] = value
     output = output or data.with_name(f"{data.stem}.fewtune")
-    classifier = train_classifier(
-        data, strategy, backbone=backbone, weights=weights, skip_bad=skip_bad, cache=cache, progress=not quiet,
-        open_set=open_set, unknown_label=unknown_label, **hyperparameters,
-    )  # fmt: skip
+    if lr_find is not None:
+        from fewtune.trainer import find_lr
+
+        found = find_lr(data, backbone=backbone, weights=weights, **hyperparameters)
+        found.plot(lr_find)
+        out.print(f"suggested --lr {found.suggestion:.2g} (steepest loss descent; curve saved to {lr_find})", highlight=False)
+        return
+    checkpoint = output.with_name(f"{output.name}.checkpoint")
+    if resume and not (checkpoint / "state.json").is_file():
+        raise FewtuneError(f"--resume: no checkpoint at {checkpoint}; train without --resume")
+    try:
+        classifier = train_classifier(
+            data, strategy, backbone=backbone, weights=weights, skip_bad=skip_bad, cache=cache, progress=not quiet,
+            open_set=open_set, unknown_label=unknown_label, checkpoint=checkpoint if strategy == "finetune" else None,
+            resume=resume, **hyperparameters,
+        )  # fmt: skip
+    except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
+        err.print(f"interrupted: {exc}" if str(exc) else "interrupted", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     classifier.save(output)
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the saved classifier supersedes it
     if not quiet:
         _print_training_summary(classifier, output)
 
@@ -112,8 +158,8 @@ def _print_training_summary(classifier, output: Path) -> None:
         f"({summary['embeddings_from_cache']} embeddings from cache) in {summary['seconds']:.1f} s -> [bold]{output}[/]"
     )
     err.print("  examples per class: " + ", ".join(f"{name} {n}" for name, n in counts.items()), highlight=False)
-    if fit:
-        err.print("  fit: " + ", ".join(f"{k}={v}" for k, v in fit.items()), highlight=False)
+    for line in _describe_fit(fit):
+        err.print(f"  {line}", highlight=False)
     err.print(f"  {_describe_calibration(classifier.calibration)}", highlight=False)
     err.print(f"  {_describe_open_set(classifier.open_set)}", highlight=False)
     if summary["skipped_non_images"]:
@@ -125,6 +171,22 @@ def _print_training_summary(classifier, output: Path) -> None:
             f"  [yellow]warning:[/] identical files under classes {', '.join(dup['classes'])}: {', '.join(dup['paths'])}",
             highlight=False,
         )
+
+
+def _describe_fit(fit: dict) -> list[str]:
+    """What fitting chose; for ``finetune``, the body and head decisions and how training went."""
+    if "body" not in fit:
+        return ["fit: " + ", ".join(f"{k}={v}" for k, v in fit.items())] if fit else []
+    body, head = fit["body"], fit["head"]
+    lines = [f"body: unfreeze {body.get('unfreeze', 'none')} ({body.get('why', 'as saved')})"]
+    if result := body.get("result"):
+        best = f", kept epoch {result['best_epoch']} (validation accuracy {result['val_accuracy']:.1%})" if result["best_epoch"] is not None else ""
+        lines.append(
+            f"fine-tuned {result['epochs']} epochs, {result['steps']} steps on {result['views']} augmented views in "
+            f"{result['seconds']:.1f} s: loss {result['final_loss']:.3f}, training accuracy {result['train_accuracy']:.1%}{best}"
+        )
+    lines.append(f"head: {'trained' if head['trained'] else 'imprinted from the class prototypes'} ({head['why']})")
+    return lines
 
 
 def _describe_calibration(calibration: dict) -> str:
@@ -241,8 +303,8 @@ def info(
     counts = training.get("per_class", {})
     out.print(f"[bold]{model}[/]  (format {config['format_version']}, fewtune {config['fewtune_version']})", highlight=False)
     out.print(f"  strategy:  {strategy['name']} {strategy['hyperparameters']}", highlight=False)
-    if strategy.get("fit"):
-        out.print(f"  fit:       {strategy['fit']}", highlight=False)
+    for line in _describe_fit(strategy.get("fit", {})):
+        out.print(f"  {line}", highlight=False)
     out.print(
         f"  backbone:  {backbone['name']} ({backbone['timm_name']}, {backbone['embedding_dim']}-d, "
         f"weights sha256 {backbone['weights_sha256'][:12]}…)",
@@ -357,7 +419,7 @@ def benchmark(
     with ProgressBar("episodes", total, enabled=not quiet) as advance:
         try:
             for setting in settings:
-                rows += bench.run_setting(specs, features.features, dataset.labels, setting, advance)
+                rows += bench.run_setting(specs, features.features, dataset.labels, setting, advance, bench.Images(encoder, dataset.paths))
         except bench.Interrupted as stop:
             rows += stop.rows
             interrupted = True

@@ -14,11 +14,14 @@ class ProgressBar:
 
     def __enter__(self) -> Callable[[int], None]:
         self.start = time.monotonic()
-        self.done = 0
+        self.done, self.status = 0, ""
         return self.advance
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, status: str | None = None) -> None:
+        """Count ``n`` more done; ``status`` (e.g. the current loss) is shown after the title."""
         self.done += n
+        if status is not None:
+            self.status = status
         if not self.enabled:
             return
         if self.bar is None and time.monotonic() - self.start > 1.0 and self.done < self.total:
@@ -26,13 +29,16 @@ class ProgressBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=True,
             )  # fmt: skip
             self.bar.start()
-            self.task = self.bar.add_task(self.what, total=self.total, completed=self.done)
+            self.task = self.bar.add_task(self._title(), total=self.total, completed=self.done)
         elif self.bar is not None:
-            self.bar.update(self.task, completed=self.done)
+            self.bar.update(self.task, completed=self.done, description=self._title())
+
+    def _title(self) -> str:
+        return f"{self.what} {self.status}".strip()
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

@@ -15,7 +15,9 @@ from fewtune.classifier import DEFAULT_UNKNOWN_LABEL, Classifier, OpenSet, check
 from fewtune.dataset import Dataset, load_dataset
 from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
+from fewtune.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
 from fewtune.strategies import create_strategy
+from fewtune.strategies.finetune import AUTO_TOP
 
 DEFAULT_STRATEGY = "auto"
 
@@ -31,6 +33,8 @@ def train(
     progress: bool = False,
     open_set: bool = True,
     unknown_label: str = DEFAULT_UNKNOWN_LABEL,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
     **hyperparameters: Any,
 ) -> Classifier:
     """Train a classifier on a folder of ``<class>/<image>`` files or a ``path,label`` CSV.
@@ -38,8 +42,8 @@ def train(
     Args:
         data: the labelled images (a path, or a :class:`Dataset` already loaded).
         strategy: ``"auto"`` (the one best on held-out training examples), ``"prototype"`` (no
-            training, works from one example) or ``"probe"`` (linear head on frozen features);
-            see :mod:`fewtune.strategies`.
+            training, works from one example), ``"probe"`` (linear head on frozen features) or
+            ``"finetune"`` (new head, then the top of the body if it pays); see :mod:`fewtune.strategies`.
         backbone: a registered backbone name, a timm architecture (with ``weights``), or a built
             :class:`Backbone` to reuse.
         weights: local weights file for the backbone.
@@ -49,6 +53,8 @@ def train(
         open_set: answer ``unknown_label`` for inputs like none of the classes (threshold
             calibrated from the support set; see :mod:`fewtune.openset`).
         unknown_label: the label of rejected inputs; no class may be named so.
+        checkpoint: folder where ``finetune`` saves a checkpoint after every epoch.
+        resume: continue fine-tuning from ``checkpoint``.
         **hyperparameters: passed to the strategy, e.g. ``l2=0.01`` for ``probe``.
     """
     started = time.perf_counter()
@@ -63,6 +69,14 @@ def train(
     if empty:
         raise FewtuneError(f"{dataset.source}: class {empty[0]!r} has no readable images left after skipping bad files")
     kept_paths = [dataset.paths[i] for i in embedded.kept]
+    features = embedded.features
+    if getattr(model, "needs_images", False):
+        tuned = model.tune(
+            backbone, kept_paths, labels, features, len(dataset.classes),
+            progress=progress, checkpoint=Path(checkpoint) if checkpoint else None, resume=resume,
+        )  # fmt: skip
+        if tuned is not backbone:
+            backbone, features = tuned, embed_files(tuned, kept_paths, cache=cache, progress=progress).features
     summary = {
         "source": str(dataset.source),
         "images": len(kept_paths),
@@ -79,7 +93,7 @@ def train(
         backbone=backbone,
         strategy=model,
         classes=list(dataset.classes),
-        support_features=embedded.features,
+        support_features=features,
         support_labels=labels,
         open_set=OpenSet(enabled=open_set, unknown_label=unknown_label),
         training=summary,
@@ -99,3 +113,22 @@ def _duplicates_across_classes(paths: list[Path], hashes: list[str], labels: tor
         if len({int(labels[i]) for i in members}) > 1:
             found.append({"classes": sorted({classes[int(labels[i])] for i in members}), "paths": [str(paths[i]) for i in members]})
     return found
+
+
+def find_lr(
+    data: str | Path | Dataset,
+    *,
+    backbone: str | Backbone = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    **config: Any,
+) -> LrFind:
+    """Learning-rate range test for ``finetune`` on this data (see :func:`fewtune.finetuning.lr_find`);
+    opens the stages ``unfreeze`` names (``auto``: the ones fine-tuning would open)."""
+    strategy = create_strategy("finetune", **config)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    if not isinstance(backbone, Backbone):
+        backbone = create_backbone(backbone, weights)
+    setting = parse_unfreeze(strategy.config.unfreeze)
+    top = {"auto": AUTO_TOP, "none": 0, "all": None}.get(setting, setting)  # type: ignore[arg-type]
+    labels = torch.tensor(dataset.labels, dtype=torch.long)
+    return lr_find(backbone, load_pictures(dataset.paths), labels, len(dataset.classes), strategy.config, top)

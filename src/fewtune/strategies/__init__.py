@@ -7,10 +7,11 @@ from typing import Any
 from fewtune.errors import FewtuneError
 from fewtune.strategies.auto import Auto as Auto
 from fewtune.strategies.base import Strategy as Strategy
+from fewtune.strategies.finetune import Finetune as Finetune
 from fewtune.strategies.probe import Probe as Probe
 from fewtune.strategies.prototype import Prototype as Prototype
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Auto, Prototype, Probe)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Auto, Prototype, Probe, Finetune)}
 
 
 def list_strategies() -> list[str]:

@@ -21,6 +21,10 @@ class Strategy(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: True for strategies that also learn from the images themselves (``finetune``): the trainer
+    #: then calls their ``tune(backbone, paths, labels, features, num_classes, ...)`` before
+    #: :meth:`fit`, and embeds the support set again with the backbone it returns.
+    needs_images: ClassVar[bool] = False
 
     @abc.abstractmethod
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
