@@ -126,7 +126,8 @@ def main() -> None:
             plan = [tuple(map(int, x.split("x"))) for x in args.settings.split(",")]
             plan = [(w, k) for w, k in plan if w <= 5 or folder.name == "omniglot"]
             settings = [s for way, shot in plan for s in sample_settings(dataset, [way], [shot], args.queries, args.episodes, args.seed)]
-            save_episodes(args.out.with_name(f"episodes-{folder.name}.json"), dataset, settings)
+            suffix = "" if args.out.stem == "peers" else f"-{args.out.stem}"
+            save_episodes(args.out.with_name(f"episodes-{folder.name}{suffix}.json"), dataset, settings)
         for setting in settings:
             methods = [(f"fewtune {n}", lambda e, n=n: episode_accuracy(n, features, dataset.labels, e)) for n in FEWTUNE]
             methods += [(f"easyfsl {n}", lambda e, n=n: easyfsl_accuracy(n, features, dataset.labels, e)) for n in EASYFSL]
