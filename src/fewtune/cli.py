@@ -61,8 +61,8 @@ def train(
             help="auto: the strategy most accurate on held-out training examples (recorded in the model). "
             "prototype: nearest class mean, no training, works from 1 example per class. "
             "probe: logistic-regression head on frozen features (transfer learning). "
-            "finetune: new head trained first alone, then with the top of the body when the training "
-            "images say it pays (fine-tuning; the choice is recorded).",
+            "finetune: a new head imprinted from the class means; the top of the network fine-tuned "
+            "with it when the training images say it pays (the choice is recorded); then the head trained on the result.",
         ),
     ] = "auto",  # fmt: skip
     backbone: Annotated[

@@ -177,17 +177,6 @@ class Finetune(Strategy):
             tuning["result"] = {k: v for k, v in tuning["result"].items() if k != "history"}
         return {**asdict(self.config), "head_trained": self.head_trained, "tuning": tuning}
 
-    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-        counts = torch.bincount(labels, minlength=num_classes)
-        if int(counts.min()) < 2:
-            return None
-        fold = stratified_folds(labels, num_classes, int(min(5, counts.min())), seed=0)
-        out = torch.empty(len(labels), num_classes)
-        for f in range(int(fold.max()) + 1):
-            head = self._fit_head(features[fold != f], labels[fold != f], num_classes, bool(self.head_trained))
-            out[fold == f] = head(features[fold == f].float())
-        return out
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.head is None:
             raise RuntimeError("call fit() first")
