@@ -302,7 +302,8 @@ def info(
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training", {})
     counts = training.get("per_class", {})
     out.print(f"[bold]{model}[/]  (format {config['format_version']}, fewtune {config['fewtune_version']})", highlight=False)
-    out.print(f"  strategy:  {strategy['name']} {strategy['hyperparameters']}", highlight=False)
+    settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
+    out.print(f"  strategy:  {strategy['name']} {settings}", highlight=False)
     for line in _describe_fit(strategy.get("fit", {})):
         out.print(f"  {line}", highlight=False)
     out.print(
