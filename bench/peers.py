@@ -7,12 +7,12 @@ defaults otherwise), and scikit-learn's LogisticRegression on L2-normalised feat
 same seed (or from ``--episodes-file``) and are written next to the results, so any other tool
 can be run on them. Fine-tuning methods, fewtune ``finetune`` and fastai's ``fine_tune`` (see
 :func:`fastai_accuracy`), run on the first ``--finetune-episodes`` episodes of each setting, the
-same ones for both.
+same ones for both. Then the speed and memory rows of every system (``bench/systems.py``).
 
     pip install -e ".[bench]"
     python bench/peers.py --data ../shared/data/caltech101 ../shared/data/omniglot --episodes 300 --seed 1
 
-(seed 1: the transductive prototype's two settings were chosen on seed-0 episodes.)
+(seed 1: fewtune's transductive variants were chosen on seed-0 episodes.)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fewtune.benchmark import Images, episode_accuracy, load_episodes, sample_se
 from fewtune.episodes import mean_ci95
 from fewtune.features import embed_files
 
-FEWTUNE = ["prototype", "probe", "auto", "prototype:transductive=true"]
+FEWTUNE = ["prototype", "probe", "auto", "prototype:transductive=true", "prototype:transductive=balanced"]
 EASYFSL = ["PrototypicalNetworks", "SimpleShot", "BDCSPN", "TIM", "PTMAP"]
 
 
@@ -95,7 +95,7 @@ def fastai_accuracy(dataset, episode, weights: Path, epochs: int) -> tuple[float
 
 def transductive(method: str) -> bool:
     """Looks at the unlabelled queries of an episode, which inductive methods do not."""
-    return method.split()[-1] in ("BDCSPN", "TIM", "PTMAP") or "transductive=true" in method
+    return method.split()[-1] in ("BDCSPN", "TIM", "PTMAP") or "transductive=" in method
 
 
 def main() -> None:
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--fastai-epochs", type=int, default=10, help="fastai fine_tune(EPOCHS)")
     parser.add_argument("--settings", default="5x1,5x5,20x1", help="WAYxSHOT list; 20-way runs on omniglot only")
     parser.add_argument("--skip", default="", help="comma-separated method names to leave out (e.g. 'fastai fine_tune')")
+    parser.add_argument("--no-speed", action="store_true", help="leave out the speed and memory rows (bench/systems.py)")
     args = parser.parse_args()
     skip = {m.strip() for m in args.skip.split(",") if m.strip()}
     weights = timm_weights_file(fewtune.create_backbone(), Path(tempfile.mkdtemp(prefix="fewtune-peers-")))
@@ -157,6 +158,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print(markdown(rows))
+    if not args.no_speed:  # speed rows, on the first data folder, each system in its own process
+        import systems
+
+        systems.main(["--data", str(args.data[0]), "--out", str(args.out.with_name("systems.json"))])
 
 
 def markdown(rows: list[dict]) -> str:

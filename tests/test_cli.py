@@ -129,6 +129,10 @@ def test_predict_transductive(capsys, colour_data, tmp_path, tiny_flags):
     assert code == 0, err
     results = json.loads(out)
     assert len(results) == 9 and all(r["label"] == r["path"].split("/")[-2] for r in results)
+    code, out, err = run(capsys, "predict", tmp_path / "m", colour_data, "--transductive", "--balanced", "--json", "-q")
+    assert code == 0 and all(r["label"] == r["path"].split("/")[-2] for r in json.loads(out)), err
+    code, out, err = run(capsys, "predict", tmp_path / "m", colour_data, "--balanced")
+    assert code != 0 and "add --transductive" in err
 
 
 def test_finetune_from_the_command_line(capsys, colour_data, tmp_path, tiny_flags, monkeypatch):

@@ -119,18 +119,3 @@ def test_auto_at_one_shot_and_bad_candidates():
     assert strategy.fit_report()["chosen"] == "probe" and "one example" in strategy.fit_report()["why"]
     with pytest.raises(FewtuneError, match="candidates must be among"):
         create_strategy("auto", candidates=["auto"])
-
-
-def test_transductive_prototypes_use_the_batch():
-    """Queries drawn around shifted centres: refining on the batch recovers what 1 shot misses."""
-    generator = torch.Generator().manual_seed(0)
-    centres = torch.randn(3, 16, generator=generator) * 3
-    support = centres + torch.randn(3, 16, generator=generator) * 2.5
-    query_labels = torch.arange(3).repeat_interleave(30)
-    queries = centres[query_labels] + torch.randn(90, 16, generator=generator) * 2.5
-    plain, refined = Prototype(), Prototype(transductive=True)
-    for strategy in (plain, refined):
-        strategy.fit(support, torch.arange(3), 3)
-    accuracy = {s.transductive: float((s.logits(queries).argmax(1) == query_labels).float().mean()) for s in (plain, refined)}
-    assert accuracy[True] >= accuracy[False]
-    torch.testing.assert_close(refined.logits(queries[:1]), plain.logits(queries[:1]))  # a single input: nothing to refine

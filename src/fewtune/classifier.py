@@ -144,15 +144,16 @@ class Classifier:
         open_set: bool | None = None,
         unknown_threshold: float | None = None,
         unknown_label: str | None = None,
-        transductive: bool = False,
+        transductive: bool | str = False,
     ) -> list[Prediction]:
         """Classify image files, folders or glob patterns.
 
         Args:
             skip_bad: leave unreadable files out of the result instead of raising.
             open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet` settings.
-            transductive: classify the inputs together, with class prototypes refined on them
-                (see :class:`~fewtune.strategies.Prototype`); best for a batch of many unlabelled images.
+            transductive: classify the inputs together, with the classes refined on them: ``True``,
+                or ``"balanced"`` when the inputs hold about as many images of each class (see
+                :mod:`fewtune.transduction`); best for a batch of many unlabelled images.
         """
         paths = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
         embedded = embed_files(self.backbone, paths, skip_bad=skip_bad, progress=progress)
@@ -170,7 +171,7 @@ class Classifier:
         open_set: bool | None = None,
         unknown_threshold: float | None = None,
         unknown_label: str | None = None,
-        transductive: bool = False,
+        transductive: bool | str = False,
     ) -> list[Prediction]:
         """:meth:`predict` for embeddings already computed by this classifier's backbone (paths empty)."""
         settings = self.open_set
@@ -178,7 +179,7 @@ class Classifier:
         threshold = settings.threshold if unknown_threshold is None else unknown_threshold
         unknown = settings.unknown_label if unknown_label is None else unknown_label
         if transductive:
-            refined = Prototype(transductive=True)
+            refined = Prototype(transductive=transductive)
             refined.fit(self.support_features, self.support_labels, len(self.classes))
             probabilities = refined.logits(features).softmax(dim=1) if len(features) else torch.empty(0, len(self.classes))
         else:

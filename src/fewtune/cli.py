@@ -235,8 +235,16 @@ def predict(
         bool,
         typer.Option(
             "--transductive",
-            help="Classify all inputs together, refining the class prototypes on them (BD-CSPN-style): "
+            help="Classify all inputs together, refining the classes on them (PT-MAP-style): "
             "more accurate for a batch of many unlabelled images; each answer then depends on the batch.",
+        ),
+    ] = False,
+    balanced: Annotated[
+        bool,
+        typer.Option(
+            "--balanced",
+            help="With --transductive: the inputs hold about as many images of each class. More accurate "
+            "when true, much less when not.",
         ),
     ] = False,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images instead of stopping.")] = False,
@@ -249,10 +257,12 @@ def predict(
 
     if as_json and as_csv:
         raise FewtuneError("--json and --csv both given; choose one output format")
+    if balanced and not transductive:
+        raise FewtuneError("--balanced is an assumption of --transductive: add --transductive, or drop --balanced")
     classifier = load(model)
     predictions = classifier.predict(
-        inputs, top_k=top_k, skip_bad=skip_bad, progress=not quiet, open_set=open_set,
-        unknown_threshold=unknown_threshold, unknown_label=unknown_label, transductive=transductive,
+        inputs, top_k=top_k, skip_bad=skip_bad, progress=not quiet, open_set=open_set, unknown_threshold=unknown_threshold,
+        unknown_label=unknown_label, transductive="balanced" if balanced else transductive,
     )  # fmt: skip
     if as_json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))

@@ -1,0 +1,96 @@
+"""Transductive inference: a batch of unlabelled inputs, classified together, refines the classes.
+
+After PT-MAP (Hu et al. 2021, "Leveraging the Feature Distribution in Transfer-based Few-Shot
+Learning"): features are power-transformed (square root, which makes their distribution more
+Gaussian), unit-normalised and centred; then each class centre, starting at its support mean,
+moves a step towards the batch inputs softly assigned to it, for a few rounds. The final soft
+assignments are the predictions.
+
+What the batch is assumed to hold decides how inputs are assigned:
+
+- ``balanced=False`` (the default): class proportions are estimated from the batch along with the
+  centres (expectation-maximisation of a mixture with class weights), and features are centred
+  on the support alone. Meant to be safe whatever the batch holds.
+- ``balanced=True``: every class holds about as many batch inputs, so the assignment is an
+  optimal-transport plan with equal class totals (Sinkhorn), as in PT-MAP. More accurate on
+  balanced batches, far *worse* than no transduction on lopsided ones: only for batches known to
+  be balanced.
+
+On 150 development episodes (seed 0, 5-way 1-shot, 15 queries a class or a lopsided share of
+them), accuracy without transduction / default / balanced: Omniglot balanced 77.9 / 82.1 / 88.2,
+lopsided 78.0 / 81.1 / 60.7; Caltech-101 balanced 93.5 / 96.5 / 99.2, lopsided 93.7 / 94.7 / 70.1.
+Centring on everything, as PT-MAP does, was 1-2 points better on balanced batches but fell below
+no transduction on synthetic ones with 80 / 5 / 5 inputs per class (tests/test_transduction.py).
+
+easyfsl's PTMAP power-transforms features after normalising them and never normalises again; on
+Caltech-101 5-way 1-shot that collapses to 77% where this ordering gives 99%.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+POWER = 0.5  #: exponent of the power transform (PT-MAP's)
+SHARPNESS = 10.0  #: assignment weight ``exp(-SHARPNESS * squared distance)`` (PT-MAP's lambda)
+STEP = 0.2  #: fraction of the way each centre moves per round (PT-MAP's alpha)
+ROUNDS = 10  #: refinement rounds (PT-MAP's default; 20 gained 0.1-0.6 points on dev episodes)
+SINKHORN_ITERATIONS = 1000
+SINKHORN_TOLERANCE = 1e-4
+
+
+def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed square root, unit norm, centred, unit norm again. A balanced batch is centred on the
+    mean of everything (PT-MAP); any other on the mean of the support's class means, which a
+    lopsided batch cannot drag towards its largest class."""
+    both = torch.cat([support, batch]).float()
+    both = F.normalize(both.sign() * both.abs().pow(POWER), dim=1)
+    centre = both.mean(dim=0) if balanced else ((known.T @ both[: len(support)]) / known.sum(dim=0, keepdim=True).T).mean(dim=0)
+    both = F.normalize(both - centre, dim=1)
+    return both[: len(support)], both[len(support) :]
+
+
+def log_probabilities(
+    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool = False
+) -> torch.Tensor:
+    """(len(batch), num_classes) log-probabilities of each batch input's class, from all of them.
+
+    Args:
+        support: (n, dim) labelled embeddings; labels: (n,) in ``[0, num_classes)``, every class present.
+        batch: (m, dim) unlabelled embeddings, classified together.
+        balanced: assume the batch holds about as many inputs of each class (see the module doc).
+    """
+    known = F.one_hot(labels, num_classes).float()
+    support_x, batch_x = transform(support, known, batch, balanced)
+    centres = (known.T @ support_x) / known.sum(dim=0, keepdim=True).T
+    weights = torch.full((num_classes,), 1.0 / num_classes)
+    everything = torch.cat([support_x, batch_x])
+
+    def assign(centres: torch.Tensor) -> torch.Tensor:
+        scores = -SHARPNESS * torch.cdist(batch_x, centres).pow(2)
+        if balanced:
+            return _sinkhorn(scores)
+        return (scores + weights.log()).log_softmax(dim=1)
+
+    for _ in range(ROUNDS):
+        assigned = assign(centres).exp()
+        if not balanced:  # no class may vanish: a floor keeps a class with few inputs alive
+            weights = assigned.mean(dim=0).clamp_min(1e-3)
+            weights = weights / weights.sum()
+        mass = torch.cat([known, assigned])
+        target = (mass.T @ everything) / mass.sum(dim=0, keepdim=True).T
+        centres = centres + STEP * (target - centres)
+    return assign(centres)
+
+
+def _sinkhorn(scores: torch.Tensor) -> torch.Tensor:
+    """Log of the transport plan with rows summing to 1 and equal column totals."""
+    rows, columns = scores.shape
+    plan = (scores - scores.max()).exp().double()
+    for _ in range(SINKHORN_ITERATIONS):
+        plan = plan * ((rows / columns) / plan.sum(dim=0).clamp_min(1e-300))
+        row_sums = plan.sum(dim=1, keepdim=True)
+        plan = plan / row_sums.clamp_min(1e-300)
+        if float((row_sums - 1).abs().max()) < SINKHORN_TOLERANCE:
+            break
+    return plan.clamp_min(1e-30).log().float()

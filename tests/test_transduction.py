@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from fewtune import transduction
+from fewtune.strategies import Prototype
+
+
+def blobs(counts: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One support example per class, far from its class centre, and queries around the centres
+    (non-negative, like pooled CNN features)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.rand(len(counts), 32, generator=generator) * 4
+    support = (centres + torch.randn(len(counts), 32, generator=generator) * 1.2).clamp_min(0)
+    labels = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    queries = (centres[labels] + torch.randn(len(labels), 32, generator=generator) * 1.2).clamp_min(0)
+    return support, queries, labels
+
+
+def accuracy(strategy: Prototype, support: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor) -> float:
+    strategy.fit(support, torch.arange(len(support)), len(support))
+    return float((strategy.logits(queries).argmax(1) == labels).float().mean())
+
+
+def test_a_balanced_batch_refines_the_classes():
+    support, queries, labels = blobs([30, 30, 30, 30])
+    plain = accuracy(Prototype(), support, queries, labels)
+    estimated = accuracy(Prototype(transductive=True), support, queries, labels)
+    balanced = accuracy(Prototype(transductive="balanced"), support, queries, labels)
+    assert plain < 0.95 and estimated > plain and balanced > plain
+
+
+def test_a_lopsided_batch_is_safe_only_without_the_balance_assumption():
+    support, queries, labels = blobs([80, 5, 5])
+    plain = accuracy(Prototype(), support, queries, labels)
+    estimated = accuracy(Prototype(transductive=True), support, queries, labels)
+    balanced = accuracy(Prototype(transductive="balanced"), support, queries, labels)
+    assert estimated >= plain - 0.02
+    assert balanced < estimated  # forced into equal shares, most of the big class is mislabelled
+
+
+def test_balanced_assignments_are_a_transport_plan():
+    support, queries, _ = blobs([10, 10, 10])
+    plan = transduction.log_probabilities(support, torch.arange(3), 3, queries, balanced=True).exp()
+    torch.testing.assert_close(plan.sum(1), torch.ones(30), atol=1e-3, rtol=0)
+    torch.testing.assert_close(plan.sum(0), torch.full((3,), 10.0), atol=1e-2, rtol=0)
+
+
+def test_one_input_is_classified_alone():
+    support, queries, _ = blobs([3, 3])
+    plain, refined = Prototype(), Prototype(transductive=True)
+    for strategy in (plain, refined):
+        strategy.fit(support, torch.arange(2), 2)
+    torch.testing.assert_close(refined.logits(queries[:1]), plain.logits(queries[:1]))
+
+
+def test_a_transductive_prototype_survives_its_state_dict():
+    support, queries, _ = blobs([10, 10])
+    fitted, loaded = Prototype(transductive=True), Prototype(transductive=True)
+    fitted.fit(support, torch.arange(2), 2)
+    loaded.load_state_dict(fitted.state_dict())
+    torch.testing.assert_close(loaded.logits(queries), fitted.logits(queries))
+
+
+def test_unknown_transductive_mode_is_refused():
+    with pytest.raises(ValueError, match="'balanced'"):
+        Prototype(transductive="even")
