@@ -99,7 +99,7 @@ def hand_loop(backbone, paths, labels, way, config) -> dict:
     import torch.nn.functional as F
     from PIL import Image, ImageOps
 
-    from fewtune.finetuning import view_transform, views_per_image
+    from fewtune.finetuning import TARGET_STEPS, view_transform, views_per_image
     from fewtune.strategies.finetune import AUTO_TOP
 
     first = len(backbone.model.blocks) - AUTO_TOP  # the top AUTO_TOP stages: blocks[first:], conv_head, bn2
@@ -126,7 +126,7 @@ def hand_loop(backbone, paths, labels, way, config) -> dict:
     weight, scale = torch.nn.Parameter(prototypes), torch.nn.Parameter(torch.tensor(10.0))
     body = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [weight, scale], "lr": config.lr}, {"params": body, "lr": config.body_lr}], weight_decay=config.weight_decay)
-    steps = math.ceil(len(views) / config.batch_size) * max(1, round(40 / math.ceil(len(views) / config.batch_size)))
+    steps = math.ceil(len(views) / config.batch_size) * max(1, round(TARGET_STEPS / math.ceil(len(views) / config.batch_size)))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.body_lr], total_steps=steps, pct_start=0.1)
     for _ in range(steps):
         batch = torch.randint(len(views), (config.batch_size,))
