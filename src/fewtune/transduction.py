@@ -45,7 +45,7 @@ def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, b
     lopsided batch cannot drag towards its largest class."""
     both = torch.cat([support, batch]).float()
     both = F.normalize(both.sign() * both.abs().pow(POWER), dim=1)
-    centre = both.mean(dim=0) if balanced else ((known.T @ both[: len(support)]) / known.sum(dim=0, keepdim=True).T).mean(dim=0)
+    centre = both.mean(dim=0) if balanced else _weighted_means(known, both[: len(support)]).mean(dim=0)
     both = F.normalize(both - centre, dim=1)
     return both[: len(support)], both[len(support) :]
 
@@ -62,7 +62,7 @@ def log_probabilities(
     """
     known = F.one_hot(labels, num_classes).float()
     support_x, batch_x = transform(support, known, batch, balanced)
-    centres = (known.T @ support_x) / known.sum(dim=0, keepdim=True).T
+    centres = _weighted_means(known, support_x)
     weights = torch.full((num_classes,), 1.0 / num_classes)
     everything = torch.cat([support_x, batch_x])
 
@@ -77,10 +77,13 @@ def log_probabilities(
         if not balanced:  # no class may vanish: a floor keeps a class with few inputs alive
             weights = assigned.mean(dim=0).clamp_min(1e-3)
             weights = weights / weights.sum()
-        mass = torch.cat([known, assigned])
-        target = (mass.T @ everything) / mass.sum(dim=0, keepdim=True).T
-        centres = centres + STEP * (target - centres)
+        centres = centres + STEP * (_weighted_means(torch.cat([known, assigned]), everything) - centres)
     return assign(centres)
+
+
+def _weighted_means(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(classes, dim) means of the rows of ``x``, weighted by the (n, classes) ``weights``."""
+    return (weights.T @ x) / weights.sum(dim=0).unsqueeze(1)
 
 
 def _sinkhorn(scores: torch.Tensor) -> torch.Tensor:
