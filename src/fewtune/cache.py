@@ -6,8 +6,8 @@ editing it misses. SQLite makes concurrent writers safe; an unreadable row or fi
 recomputed, never fatal.
 
 The folder is bounded: past ``$FEWTUNE_CACHE_MAX_MB`` (default 2048 MB) in all, the rows used
-least recently are dropped (each row records when it was last written or read), so a cache can't
-fill a disk. ``fewtune cache info`` and ``fewtune cache clear`` look at and empty it.
+least recently are dropped, so a cache can't fill a disk. When a row was last written or read is
+kept in a small table of its own: recording a read then rewrites a few bytes, not the 5 KB row. ``fewtune cache info`` and ``fewtune cache clear`` look at and empty it.
 """
 
 from __future__ import annotations
@@ -80,14 +80,11 @@ class FeatureCache:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only: lets eviction shrink it
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS features (sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL, used REAL NOT NULL DEFAULT 0)")
+        db.execute("CREATE TABLE IF NOT EXISTS features (sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        # rows of a cache from before the cap have no entry here: they count as used longest ago
+        db.execute("CREATE TABLE IF NOT EXISTS used (sha256 TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.execute("CREATE INDEX IF NOT EXISTS used_at ON used (at)")
         db.execute("SELECT count(*) FROM features").fetchone()  # fails here if the file is garbage
-        if "used" not in {row[1] for row in db.execute("PRAGMA table_info(features)")}:  # a cache from before the cap
-            try:
-                db.execute("ALTER TABLE features ADD COLUMN used REAL NOT NULL DEFAULT 0")
-            except sqlite3.OperationalError:  # another process added it meanwhile
-                pass
-        db.execute("CREATE INDEX IF NOT EXISTS features_used ON features (used)")
         return db
 
     def _recover(self, exc: Exception) -> None:
@@ -133,9 +130,7 @@ class FeatureCache:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    self._db.execute(f"UPDATE features SET used = ? WHERE sha256 IN ({','.join('?' * len(chunk))})", [now, *chunk])
+                self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key in keys])
         except sqlite3.OperationalError as exc:  # busy: the time of use is advisory, the rows are fine
             log.info("feature cache: could not record use (%s)", exc)
 
@@ -143,11 +138,12 @@ class FeatureCache:
         if self._db is None or not rows:
             return
         now = time.time()
-        data = [(key, np.ascontiguousarray(v, dtype=np.float32).tobytes(), now) for key, v in rows.items()]
+        data = [(key, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for key, v in rows.items()]
         try:
             with self._db:  # one transaction: a crash leaves all or none of these rows
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO features (sha256, vector, used) VALUES (?, ?, ?)", data)
+                self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", data)
+                self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key, _ in data])
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
             return
@@ -172,7 +168,15 @@ class FeatureCache:
         drop = min(rows, math.ceil((live - keep_bytes) / (live / rows)))
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM features WHERE sha256 IN (SELECT sha256 FROM features ORDER BY used LIMIT ?)", (drop,))
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS dropped (sha256 TEXT PRIMARY KEY)")
+            self._db.execute("DELETE FROM dropped")
+            self._db.execute(
+                "INSERT INTO dropped SELECT f.sha256 FROM features f LEFT JOIN used u ON u.sha256 = f.sha256 "
+                "ORDER BY coalesce(u.at, 0) LIMIT ?",
+                (drop,),
+            )
+            self._db.execute("DELETE FROM features WHERE sha256 IN (SELECT sha256 FROM dropped)")
+            self._db.execute("DELETE FROM used WHERE sha256 IN (SELECT sha256 FROM dropped)")
         self._db.execute("PRAGMA incremental_vacuum")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         log.info("feature cache over %d MB: dropped the %d least recently used rows", self.max_bytes >> 20, drop)
@@ -218,9 +222,10 @@ def describe(directory: str | Path) -> list[CacheFile]:
         if path.suffix == ".sqlite":
             try:
                 with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
-                    columns = {row[1] for row in db.execute("PRAGMA table_info(features)")}
-                    newest = "max(used)" if "used" in columns else "NULL"  # a cache from before the cap
-                    rows, last = db.execute(f"SELECT count(*), {newest} FROM features").fetchone()
+                    rows = db.execute("SELECT count(*) FROM features").fetchone()[0]
+                    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    if "used" in tables:  # a cache from before the cap has none
+                        last = db.execute("SELECT max(at) FROM used").fetchone()[0]
             except sqlite3.DatabaseError:
                 rows = None
         found.append(CacheFile(path, rows, _size_on_disk(path), last or None))
