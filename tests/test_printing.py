@@ -49,6 +49,10 @@ def test_markup_in_paths_and_labels_prints_as_typed(capsys, monkeypatch, tmp_pat
     code, out, _ = run(capsys, "info", model)
     assert code == 0 and out.startswith(f"{model}  (format") and "[bold red]b (2), [red] (2), plain (2)" in out
 
+    code, out, err = run(capsys, "evaluate", model, data, "-q")
+    assert code == 0, err
+    assert "\n [bold red]b " in out and "\n [red] " in out  # the per-class table and the matrix
+
     code, _, err = run(capsys, "add", model, data / "plain", "--label", "x[/]")
     assert code == 0 and "added class 'x[/]' with 2 images" in err
     code, _, err = run(capsys, "remove", model, "--label", "x[/]")

@@ -326,7 +326,8 @@ def info(
         return
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training", {})
     counts = training.get("per_class", {})
-    out.print(f"[bold]{escape(str(model))}[/]  (format {escape(str(config['format_version']))}, fewtune {escape(str(config['fewtune_version']))})", highlight=False, markup=True)
+    versions = f"format {config['format_version']}, fewtune {config['fewtune_version']}"
+    out.print(f"[bold]{escape(str(model))}[/]  ({escape(versions)})", highlight=False, markup=True)
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     out.print(f"  strategy:  {strategy['name']} {settings}", highlight=False)
     for line in _describe_fit(strategy.get("fit", {})):
