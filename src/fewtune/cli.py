@@ -177,7 +177,7 @@ def _print_training_summary(classifier, output: Path) -> None:
     err.print(f"  {_describe_open_set(classifier.open_set)}", highlight=False)
     if summary["skipped_non_images"]:
         err.print(
-            f"  skipped {summary['skipped_non_images']} entries that are no image files (other or hidden files, "
+            f"  skipped {summary['skipped_non_images']} entries that are not image files (other or hidden files, "
             "FIFOs, sockets, broken or looping links, folders named like images)"
         )
     for bad in summary["bad_images"]:
@@ -309,7 +309,7 @@ def predict(
         if skip_bad and skipped:
             err.print(f"skipped {skipped} unreadable images")
         if left_out:
-            err.print(f"skipped {left_out} entries that are no image files (other or hidden files, FIFOs, sockets, broken or looping links, folders)")
+            err.print(f"skipped {left_out} entries that are not image files (other or hidden files, FIFOs, sockets, broken or looping links, folders)")
 
 
 @app.command()
