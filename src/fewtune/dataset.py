@@ -89,8 +89,9 @@ def walk_images(folder: Path) -> tuple[list[Path], int]:
     """The visible image files under ``folder`` (sorted), and how many other entries were left out.
 
     Links to folders are followed, each folder walked once; a link to ``folder`` itself or above it
-    is left out and counted (it would add other classes' images, or loop), so no walk is endless. Entries are judged by ``stat`` alone, never opened:
-    a FIFO named ``x.jpg`` would block the reader. Hidden entries are left out with all they hold.
+    is left out and counted (it would add other classes' images, or loop), so no walk is endless.
+    Entries are judged by ``stat`` alone, never opened: a FIFO named ``x.jpg`` would block the
+    reader. Hidden entries are left out with all they hold.
     """
     found: list[Path] = []
     skipped = 0
