@@ -4,6 +4,11 @@ The examples the server has been taught (their embeddings, per label) are the so
 every change builds a new :class:`Classifier` to the side and swaps it in under a lock, so a
 request never sees a half-updated model. The backbone runs in worker threads, never on the event
 loop, and concurrent predictions are batched into one forward pass.
+
+What a client can cost is bounded: request bodies are capped as they stream in (limits.py), uploads
+wait on disk (not in memory) until one of a few decode slots is free, each decode is capped by its
+pixels x bytes per pixel and shrunk to about the backbone's input size at once (images.py), and
+only this server's own page, at a Host name it answers to, may drive it (origins.py).
 """
 
 from __future__ import annotations
@@ -11,29 +16,35 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from fewtune.backbones import Backbone
 from fewtune.classifier import Classifier, OpenSet, check_class_names
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_images
-from fewtune.images import decode
+from fewtune.features import decode_size, embed_images
+from fewtune.images import MAX_DECODE_BYTES, ImageTooLarge, decode
+from fewtune.limits import BodyLimit
+from fewtune.origins import LOOPBACK_HOSTS, OriginGuard
 from fewtune.strategies import create_strategy
 
 LABEL = re.compile(r"^[\w][\w .+\-]{0,62}$")  # letters, digits, _ . + - and spaces; no path separators
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_FILES = 64
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_FILES = 16
 
 
 @dataclass
@@ -44,14 +55,29 @@ class ServerConfig:
         model_path: where `POST /models/save` writes when no name is given (the model it loaded).
         models_dir: folder for named saves; names are validated, so nothing escapes it.
         token: bearer token required on write endpoints, if set.
+        protect_predict: require the token on ``POST /predict`` too (it costs CPU and memory).
         max_image_bytes: uploads larger than this are refused with 413.
+        max_request_bytes: request bodies larger than this are refused with 413, counted as they
+            arrive (also without a Content-Length).
+        max_files: images per request.
+        max_decode_bytes: decoded pixels x bytes per pixel above this are refused with 413.
+        max_decodes: images decoded at once, across all requests (the rest wait their turn).
+        allow_hosts: Host names the server answers to (DNS rebinding guard); "*" for any.
+        allow_origins: other sites whose pages may send writes (e.g. "https://app.example"); "*" for any.
     """
 
     strategy: str = "prototype"
     model_path: Path | None = None
     models_dir: Path = Path("models")
     token: str | None = None
+    protect_predict: bool = False
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_files: int = MAX_FILES
+    max_decode_bytes: int = MAX_DECODE_BYTES
+    max_decodes: int = 2
+    allow_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
+    allow_origins: list[str] = field(default_factory=list)
     batch_window_s: float = 0.005
     open_set: OpenSet = field(default_factory=OpenSet)
 
@@ -153,14 +179,22 @@ class Batcher:
 def create_app(backbone: Backbone, classifier: Classifier | None = None, config: ServerConfig | None = None):
     """The ASGI app. ``classifier`` seeds it (e.g. a loaded model); without one it starts empty."""
     config = config or ServerConfig()
-    teacher = Teacher(backbone, config, classifier)
-    batcher = Batcher(backbone, config.batch_window_s)
-    app = FastAPI(title="fewtune", version=_version(), description="Teach and test a few-shot image classifier.")
-    app.state.teacher = teacher
 
     def require_token(request: Request) -> None:
-        if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
+        if config.token and not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {config.token}"):
             raise HTTPException(401, "this endpoint needs the header 'Authorization: Bearer <token>' given to `fewtune serve --token`")
+
+    teacher = Teacher(backbone, config, classifier)
+    batcher = Batcher(backbone, config.batch_window_s)
+    app = FastAPI(
+        title="fewtune", version=_version(), description="Teach and test a few-shot image classifier.", docs_url=None, redoc_url=None
+    )
+    app.state.teacher = teacher
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(OriginGuard, allow_hosts=config.allow_hosts, allow_origins=config.allow_origins)  # outermost
+    decode_slots = threading.BoundedSemaphore(config.max_decodes)
+    draft_size = decode_size(backbone.preprocessing)
+    guard_predict = [Depends(require_token)] if config.protect_predict else []
 
     def valid_label(label: str) -> str:
         label = label.strip()
@@ -172,15 +206,17 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
             raise HTTPException(422, str(exc)) from None
         return label
 
-    async def read_images(request: Request) -> list[tuple[str, bytes]]:
-        """Multipart ``file`` fields, or JSON ``{"images": [{"name": ..., "data": base64}]}``."""
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > config.max_image_bytes * MAX_FILES + 1_000_000:
-            raise HTTPException(413, f"request too large: at most {MAX_FILES} images of {config.max_image_bytes:,} bytes")
+    async def read_images(request: Request) -> list[tuple[str, bytes | BinaryIO]]:
+        """Multipart ``file`` fields, or JSON ``{"images": [{"name": ..., "data": base64}]}``.
+
+        Multipart files stay spooled on disk (starlette keeps 1 MB of each in memory) until their
+        decode slot comes; the body as a whole was capped by :class:`BodyLimit` as it arrived.
+        """
         kind = request.headers.get("content-type", "")
-        items: list[tuple[str, bytes]] = []
+        items: list[tuple[str, bytes | BinaryIO]] = []
+        too_many = f"at most {config.max_files} images per request: send the rest in another request"
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=MAX_FILES)
+            form = await request.form(max_files=config.max_files, max_fields=config.max_files + 16)
             for upload in form.getlist("file"):
                 if isinstance(upload, str):
                     raise HTTPException(422, "each 'file' field must be a file upload")
@@ -188,10 +224,12 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
                     raise HTTPException(413, f"{upload.filename}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
                 if not (upload.content_type or "").startswith("image/"):
                     raise HTTPException(415, f"{upload.filename}: content type {upload.content_type!r} is not an image")
-                items.append((upload.filename or "upload", await upload.read()))
+                items.append((upload.filename or "upload", upload.file))
         elif kind.startswith("application/json"):
             try:
                 body = await request.json()
+                if len(body["images"]) > config.max_files:
+                    raise HTTPException(413, too_many)
                 for entry in body["images"]:
                     items.append((str(entry.get("name", "upload")), base64.b64decode(entry["data"], validate=True)))
             except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
@@ -201,15 +239,23 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         if not items:
             raise HTTPException(422, "no images in the request: add at least one 'file' field")
         for name, data in items:
-            if len(data) > config.max_image_bytes:
+            if isinstance(data, bytes) and len(data) > config.max_image_bytes:
                 raise HTTPException(413, f"{name}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
         return items
 
-    def decode_all(items: list[tuple[str, bytes]]) -> list[Image.Image]:
-        try:
-            return [decode(data, name) for name, data in items]
-        except FewtuneError as exc:
-            raise HTTPException(422, str(exc).replace(", or pass --skip-bad to skip such files", "")) from None
+    def decode_one(name: str, data: bytes | BinaryIO) -> Image.Image:
+        with decode_slots:  # a few decodes at once, whatever the number of requests
+            if not isinstance(data, bytes):
+                data.seek(0)
+            try:
+                return decode(data, name, draft_size=draft_size, max_bytes=config.max_decode_bytes)
+            except ImageTooLarge as exc:
+                raise HTTPException(413, str(exc)) from None
+            except FewtuneError as exc:
+                raise HTTPException(422, str(exc).replace(", or pass --skip-bad to skip such files", "")) from None
+
+    def decode_all(items: list[tuple[str, bytes | BinaryIO]]) -> list[Image.Image]:
+        return [decode_one(name, data) for name, data in items]
 
     @app.exception_handler(FewtuneError)
     async def _bad_input(request: Request, exc: FewtuneError):
@@ -218,6 +264,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (resources.files("fewtune") / "static" / "index.html").read_text(encoding="utf-8")
+
+    _add_docs(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -234,7 +282,7 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
             return {"ready": False, "strategy": config.strategy, "classes": list(teacher.counts()), "detail": "teach at least two classes"}
         return {"ready": True, **current.config()}
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=guard_predict)
     async def predict(request: Request, top_k: int = 3, open_set: bool | None = None) -> list[dict[str, Any]]:
         items = await read_images(request)
         current = teacher.classifier  # one reference: later swaps don't affect this request
@@ -285,6 +333,36 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         return {"saved": str(target)}
 
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the locally installed swagger-ui-bundle (no CDN: fewtune works
+    offline, and a page loading third-party scripts could drive the API); without that package
+    /docs points at /openapi.json."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+
+        @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+        def no_docs() -> str:
+            return (
+                "<!doctype html><title>fewtune API</title><p>The API schema is at <a href='/openapi.json'>/openapi.json</a>. "
+                "For interactive docs here: <code>pip install swagger-ui-bundle</code>.</p>"
+            )
+
+        return
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="fewtune API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # else the page fetches a badge from swagger.io
+        )
 
 
 def _version() -> str:
