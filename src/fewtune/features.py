@@ -3,7 +3,6 @@ backbone runs, and skip all of that for images already in the cache."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
