@@ -21,10 +21,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
 
 #: Most memory one decode may take: width x height x bytes per pixel of the decoded mode (after
-#: JPEG's reduced-scale draft). 256 MiB holds an 8192x8192 RGBA or a 11585x11585 16-bit greyscale
-#: PNG; each picture is shrunk to about the backbone's input size right after decoding, so a few
-#: decodes at once stay well under a gigabyte whatever the files are.
-MAX_DECODE_BYTES = 256 * 1024 * 1024
+#: JPEG's reduced-scale draft, so any JPEG under MAX_PIXELS fits). 192 MiB holds a 7000x7000 RGB(A)
+#: or a 10000x10000 16-bit greyscale PNG; each picture is shrunk to about the backbone's input size
+#: right after decoding, so a few decodes at once stay within a few hundred MB whatever the files.
+MAX_DECODE_BYTES = 192 * 1024 * 1024
 
 #: Files up to this size are read into memory once (hashed and decoded from the same bytes);
 #: larger ones are hashed and decoded from the open file, so a 1 GiB file costs no gigabyte.
@@ -95,6 +95,23 @@ def decode(
         raise FewtuneError(
             f"{source}: corrupt or truncated image ({exc}); re-export it, or pass --skip-bad to skip such files"
         ) from None
+
+
+def probe_cost(data: bytes | BinaryIO, draft_size: int | None = None) -> int:
+    """What :func:`decode` would allocate for these pixels, from the header alone (0 if unreadable:
+    decode then says why). Lets a caller reserve memory before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            return decode_cost(image)
+    except Exception:  # noqa: BLE001 - any failure here is reported by decode itself
+        return 0
+    finally:
+        if not isinstance(data, (bytes, bytearray)):
+            data.seek(0)
 
 
 def decode_cost(image: Image.Image) -> int:

@@ -13,6 +13,7 @@ only this server's own page, at a Host name it answers to, may drive it (origins
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
@@ -31,13 +32,14 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from fewtune.backbones import Backbone
 from fewtune.classifier import Classifier, OpenSet, check_class_names
 from fewtune.errors import FewtuneError
 from fewtune.features import decode_size, embed_images
-from fewtune.images import MAX_DECODE_BYTES, ImageTooLarge, decode
-from fewtune.limits import BodyLimit
+from fewtune.images import MAX_DECODE_BYTES, ImageTooLarge, decode, probe_cost
+from fewtune.limits import BodyLimit, DecodeLanes, release_free_memory
 from fewtune.origins import LOOPBACK_HOSTS, OriginGuard
 from fewtune.strategies import create_strategy
 
@@ -61,7 +63,8 @@ class ServerConfig:
             arrive (also without a Content-Length).
         max_files: images per request.
         max_decode_bytes: decoded pixels x bytes per pixel above this are refused with 413.
-        max_decodes: images decoded at once, across all requests (the rest wait their turn).
+        max_decodes: threads decoding ordinary pictures (<= 32 MiB decoded), across all
+            requests; larger ones decode one at a time in their own thread.
         allow_hosts: Host names the server answers to (DNS rebinding guard); "*" for any.
         allow_origins: other sites whose pages may send writes (e.g. "https://app.example"); "*" for any.
     """
@@ -192,7 +195,7 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     app.state.teacher = teacher
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
     app.add_middleware(OriginGuard, allow_hosts=config.allow_hosts, allow_origins=config.allow_origins)  # outermost
-    decode_slots = threading.BoundedSemaphore(config.max_decodes)
+    lanes = DecodeLanes(config.max_decodes)
     draft_size = decode_size(backbone.preprocessing)
     guard_predict = [Depends(require_token)] if config.protect_predict else []
 
@@ -216,7 +219,10 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         items: list[tuple[str, bytes | BinaryIO]] = []
         too_many = f"at most {config.max_files} images per request: send the rest in another request"
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=config.max_files, max_fields=config.max_files + 16)
+            try:
+                form = await request.form(max_files=config.max_files, max_fields=config.max_files + 16)
+            except ClientDisconnect:  # the client left mid-body: nobody reads the answer
+                raise HTTPException(400, "the client disconnected before sending the whole body") from None
             for upload in form.getlist("file"):
                 if isinstance(upload, str):
                     raise HTTPException(422, "each 'file' field must be a file upload")
@@ -232,6 +238,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
                     raise HTTPException(413, too_many)
                 for entry in body["images"]:
                     items.append((str(entry.get("name", "upload")), base64.b64decode(entry["data"], validate=True)))
+            except ClientDisconnect:
+                raise HTTPException(400, "the client disconnected before sending the whole body") from None
             except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
                 raise HTTPException(422, 'expected JSON {"images": [{"name": "a.jpg", "data": "<base64>"}]}') from None
         else:
@@ -243,19 +251,27 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
                 raise HTTPException(413, f"{name}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
         return items
 
-    def decode_one(name: str, data: bytes | BinaryIO) -> Image.Image:
-        with decode_slots:  # a few decodes at once, whatever the number of requests
-            if not isinstance(data, bytes):
-                data.seek(0)
-            try:
-                return decode(data, name, draft_size=draft_size, max_bytes=config.max_decode_bytes)
-            except ImageTooLarge as exc:
-                raise HTTPException(413, str(exc)) from None
-            except FewtuneError as exc:
-                raise HTTPException(422, str(exc).replace(", or pass --skip-bad to skip such files", "")) from None
+    def decode_one(name: str, data: bytes | BinaryIO, cost: int) -> Image.Image:
+        if not isinstance(data, bytes):
+            data.seek(0)
+        try:
+            return decode(data, name, draft_size=draft_size, max_bytes=config.max_decode_bytes)
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except FewtuneError as exc:
+            raise HTTPException(422, str(exc).replace(", or pass --skip-bad to skip such files", "")) from None
+        finally:
+            if cost > lanes.large_above:
+                release_free_memory()
 
-    def decode_all(items: list[tuple[str, bytes | BinaryIO]]) -> list[Image.Image]:
-        return [decode_one(name, data) for name, data in items]
+    async def decode_all(items: list[tuple[str, bytes | BinaryIO]]) -> list[Image.Image]:
+        """Decode one by one: a request's pictures wait their turn like everyone else's."""
+        loop = asyncio.get_running_loop()
+        pictures = []
+        for name, data in items:
+            cost = await loop.run_in_executor(lanes.small, probe_cost, data, draft_size)  # header only
+            pictures.append(await loop.run_in_executor(lanes.lane(cost), decode_one, name, data, cost))
+        return pictures
 
     @app.exception_handler(FewtuneError)
     async def _bad_input(request: Request, exc: FewtuneError):
@@ -288,7 +304,7 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         current = teacher.classifier  # one reference: later swaps don't affect this request
         if current is None:
             raise HTTPException(409, "teach at least two classes before predicting (POST /classes/{label}/examples)")
-        pictures = await run_in_threadpool(decode_all, items)
+        pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
         predictions = current.predict_features(features, top_k, open_set=open_set)
         return [{**p.to_dict(), "path": name} for p, (name, _) in zip(predictions, items)]
@@ -297,7 +313,7 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     async def add_examples(label: str, request: Request) -> dict[str, Any]:
         label = valid_label(label)
         items = await read_images(request)
-        pictures = await run_in_threadpool(decode_all, items)
+        pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
         await run_in_threadpool(teacher.add, label, features)
         return {"label": label, "added": len(items), "examples": teacher.counts()[label], "ready": teacher.classifier is not None}
