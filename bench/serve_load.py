@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import re
 import socket
 import struct
@@ -110,6 +111,7 @@ def main() -> None:
         for name, files in photos.items():  # teach three classes, one photo each
             httpx.post(f"{url}/classes/{name}/examples", files={"file": (files[0].name, files[0].read_bytes(), "image/jpeg")}, timeout=60)
         queries = [p.read_bytes() for files in photos.values() for p in files[1:]]
+        huge = huge_images() if args.hostile else {}
         idle_rss = peak_rss(server.pid)
         stop = time.monotonic() + args.seconds
 
@@ -129,13 +131,23 @@ def main() -> None:
                     i += args.clients
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-        if args.hostile:
-            threads += hostile_threads(url, port, stop, tally, queries[0], set(args.attacks.split(",")))
+        # attackers in their own process: they must not slow the normal clients by holding our GIL
+        results: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()
+        attackers = multiprocessing.get_context("fork").Process(
+            target=attack, args=(url, port, stop, queries[0], huge, set(args.attacks.split(",")), results)
+        )
         started = time.perf_counter()
+        if args.hostile:
+            attackers.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if args.hostile:
+            hostile, server_errors = results.get(timeout=300)
+            attackers.join(timeout=60)
+            tally.hostile.update(hostile)
+            tally.server_errors.update(server_errors)
         elapsed = time.perf_counter() - started
         server_peak = peak_rss(server.pid)
     finally:
@@ -164,13 +176,27 @@ def main() -> None:
         print("first failure:", tally.failures[0], file=sys.stderr)
 
 
-def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes, kinds: set[str]) -> list[threading.Thread]:
-    """One thread per kind of attack, each looping until ``stop``."""
-    huge = {
+def huge_images() -> dict[str, tuple[str, bytes]]:
+    return {
         "png16_9400": ("huge16.png", big_png(9400, 9400, 16, 0, 1)),  # 177 MB decoded, just under the bomb guard
         "rgba_8200": ("rgba.png", big_png(8200, 8200, 8, 6, 4)),  # 269 MB decoded: over the decode cap
         "jpeg_8000x6000": ("big.jpg", big_jpeg(8000, 6000)),  # reduced-scale JPEG decode
     }
+
+
+def attack(url: str, port: int, stop: float, photo: bytes, huge: dict, kinds: set[str], results) -> None:
+    """The attackers' process: run every hostile thread until ``stop``, send back the tallies."""
+    tally = Tally()
+    threads = hostile_threads(url, port, stop, tally, photo, huge, kinds)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put((tally.hostile, tally.server_errors))
+
+
+def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes, huge: dict, kinds: set[str]) -> list[threading.Thread]:
+    """One thread per kind of attack, each looping until ``stop``."""
 
     def loop(fn) -> threading.Thread:
         def run() -> None:
