@@ -565,11 +565,11 @@ def serve(
     protect_predict: Annotated[bool, typer.Option(help="Require the --token on POST /predict too.")] = False,
     allow_host: Annotated[
         Optional[list[str]],
-        typer.Option(help="Also answer to this Host name (repeatable; '*' for any). Default: loopback names and --host."),
+        typer.Option(metavar="<name>", help="Also answer to this Host name (repeatable; '*' for any). Default: loopback names and --host."),
     ] = None,
     allow_origin: Annotated[
         Optional[list[str]],
-        typer.Option(help="Also accept writes from pages of this origin, e.g. https://app.example (repeatable; '*' for any)."),
+        typer.Option(metavar="<origin>", help="Also accept writes from pages of this origin, e.g. https://app.example (repeatable; '*' for any)."),
     ] = None,
 ) -> None:
     """Serve an HTTP API (OpenAPI docs at /docs) and a web page at / where you teach and test a
@@ -607,6 +607,13 @@ def serve(
         allow_origins=list(allow_origin or []),
     )
     err.print(f"fewtune serving on http://{host}:{port}/  (API docs: /docs)", highlight=False)
+    if host in ("0.0.0.0", "::") and not allow_host:
+        err.print(
+            "note: it answers only to Host names " + ", ".join(config.allow_hosts) + "; to reach it by another "
+            "name or address (DNS rebinding guard), add --allow-host NAME",
+            highlight=False,
+            markup=False,
+        )
     uvicorn.run(create_app(backbone, classifier, config), host=host, port=port, log_level="warning")
 
 
