@@ -262,6 +262,7 @@ def test_protect_predict(tiny_backbone, tmp_path):
             client.post(f"/classes/{label}/examples", files=upload(colour=COLOURS[label]), headers=auth)
         assert client.post("/predict", files=upload()).status_code == 401
         assert client.post("/predict", files=upload(), headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/predict", files=upload(), headers={"Authorization": b"Bearer s3cr\xe9t"}).status_code == 401  # not ASCII
         assert client.post("/predict", files=upload(), headers=auth).json()[0]["label"] == "red"
 
 

@@ -184,7 +184,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     config = config or ServerConfig()
 
     def require_token(request: Request) -> None:
-        if config.token and not secrets.compare_digest(request.headers.get("authorization", ""), f"Bearer {config.token}"):
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")  # bytes: any header compares
+        if config.token and not secrets.compare_digest(given, f"Bearer {config.token}".encode("utf-8", "surrogateescape")):
             raise HTTPException(401, "this endpoint needs the header 'Authorization: Bearer <token>' given to `fewtune serve --token`")
 
     teacher = Teacher(backbone, config, classifier)
