@@ -48,3 +48,18 @@ def test_root_installs_chromium_first_and_ci_fails_when_it_cannot(tmp_path):
     assert result.returncode == 2
     assert "apt-get install -y chromium chromium-driver" in result.stdout
     assert "python -m pytest" not in calls  # CI never runs a suite with the browser tests skipped
+
+
+def test_browser_tests_skip_with_the_reason_scripts_test_gives(tmp_path):
+    """What the one line promises: the browser tests skip, saying what to install."""
+    import sys
+
+    reason = "browser tests skipped: as root, run: apt-get install -y chromium chromium-driver"
+    env = {**os.environ, "FEWTUNE_BROWSER_MISSING": reason, "FEWTUNE_TEST_ARTIFACTS": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"{SCRIPT.parent.parent}/tests/test_reports.py",
+         "-k", "evaluate_report_in_a_browser"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "1 skipped" in result.stdout and reason in result.stdout
