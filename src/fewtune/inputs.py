@@ -50,10 +50,15 @@ def expand(inputs: ImageInput | Sequence[ImageInput]) -> list[Item]:
     # a list, a tuple, a generator, or a 4-D tensor: a batch of C x H x W images
     entries = list(inputs) if not single and isinstance(inputs, Iterable) else [inputs]
     items: list[Item] = []
-    for position, entry in enumerate(entries):
+    run: list[str | Path] = []  # consecutive paths expand together: a glob matching no image is fine among others
+    for position, entry in enumerate([*entries, None]):
         if isinstance(entry, (str, Path)):
-            items.extend(Item(name=str(p), path=p) for p in collect_inputs([entry]))
-        else:
+            run.append(entry)
+            continue
+        if run:
+            items.extend(Item(name=str(p), path=p) for p in collect_inputs(run))
+            run = []
+        if position < len(entries):
             items.append(Item(name=f"<image {position}>", picture=to_picture(entry, position)))
     if not items:
         raise FewtuneError("no images to predict: pass image files, folders, glob patterns or pictures")
