@@ -130,8 +130,7 @@ def find_lr(
     strategy = create_strategy("finetune", **config)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     if not isinstance(backbone, Backbone):
-        with Status(f"loading the {backbone} backbone", enabled=progress):
-            backbone = create_backbone(backbone, weights)
+        backbone = create_backbone(backbone, weights)
     setting = parse_unfreeze(strategy.config.unfreeze)
     top = {"auto": AUTO_TOP, "none": 0, "all": None}.get(setting, setting)  # type: ignore[arg-type]
     labels = torch.tensor(dataset.labels, dtype=torch.long)
