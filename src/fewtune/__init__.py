@@ -1,7 +1,8 @@
 """fewtune: from a handful of labelled images to a classifier you can trust.
 
     >>> clf = fewtune.train("photos/", strategy="probe")   # photos/<class>/*.jpg
-    >>> clf.predict(["a.jpg"])[0].label
+    >>> clf.predict("a.jpg")[0].label                      # or a folder, a PIL image, an array, a list
+    >>> clf.predict_proba(["a.jpg", "b.jpg"])              # (2, n_classes), columns: clf.classes_
     >>> clf.save("fruit.fewtune"); fewtune.load("fruit.fewtune")
 """
 
@@ -17,4 +18,22 @@ from fewtune.dataset import load_dataset as load_dataset
 from fewtune.errors import FewtuneError as FewtuneError
 from fewtune.strategies import create_strategy as create_strategy
 from fewtune.strategies import list_strategies as list_strategies
+from fewtune.inputs import ImageInput as ImageInput
 from fewtune.trainer import train as train
+
+__all__ = [
+    "Backbone",
+    "Classifier",
+    "Dataset",
+    "FewtuneError",
+    "ImageInput",
+    "Prediction",
+    "__version__",
+    "create_backbone",
+    "create_strategy",
+    "list_backbones",
+    "list_strategies",
+    "load",
+    "load_dataset",
+    "train",
+]

@@ -29,9 +29,8 @@ from safetensors.torch import load_file, save_file
 from fewtune._version import __version__
 from fewtune.backbones import REGISTRY, Backbone, create_backbone, state_sha256
 from fewtune.calibration import fit_temperature
-from fewtune.dataset import collect_inputs
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_files
+from fewtune.inputs import ImageInput, embed_items, expand
 from fewtune.openset import calibrate_threshold, novelty
 from fewtune.strategies import Prototype, Strategy, create_strategy
 from fewtune.strategies.base import class_means
@@ -95,7 +94,7 @@ class OpenSet:
     calibration: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(repr=False)
 class Classifier:
     """Classifies images into ``classes``; build one with :func:`fewtune.train` or :func:`fewtune.load`.
 
@@ -119,6 +118,21 @@ class Classifier:
     open_set: OpenSet = field(default_factory=OpenSet)
     training: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class names as scikit-learn names them: the columns of :meth:`predict_proba`."""
+        return np.array(self.classes, dtype=object)
+
+    def __repr__(self) -> str:
+        """One line: the default dataclass repr printed every support embedding (18 KB)."""
+        shown = ", ".join(repr(c) for c in self.classes[:5]) + (f", ... ({len(self.classes)} in all)" if len(self.classes) > 5 else "")
+        chosen = self.fit_report.get("chosen")
+        strategy = f"{self.strategy.name!r}" + (f" (chose {chosen!r})" if chosen else "")
+        return (
+            f"Classifier(strategy={strategy}, classes=[{shown}], backbone={self.backbone.name!r}, "
+            f"examples={len(self.support_labels)})"
+        )
+
     def refit(self) -> None:
         """Fit the strategy, the temperature and the unknown threshold on the support set."""
         check_class_names(self.classes, self.open_set.unknown_label)
@@ -136,7 +150,7 @@ class Classifier:
 
     def predict(
         self,
-        inputs: list[str | Path] | str | Path,
+        inputs: ImageInput | list[ImageInput],
         top_k: int = 1,
         *,
         skip_bad: bool = False,
@@ -146,22 +160,24 @@ class Classifier:
         unknown_label: str | None = None,
         transductive: bool | str = False,
     ) -> list[Prediction]:
-        """Classify image files, folders or glob patterns.
+        """Classify images: files, folders, glob patterns, or pictures in memory.
 
         Args:
+            inputs: one of, or a list mixing: a path, a folder (recursive), a glob, a ``PIL.Image``,
+                a NumPy H x W x C (or H x W) uint8 array, a torch C x H x W tensor (uint8, or float in
+                [0, 1]). Results are in input order; a picture in memory is named ``<image N>``.
             skip_bad: leave unreadable files out of the result instead of raising.
             open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet` settings.
             transductive: classify the inputs together, with the classes refined on them: ``True``,
                 or ``"balanced"`` when the inputs hold about as many images of each class (see
                 :mod:`fewtune.transduction`); best for a batch of many unlabelled images.
         """
-        paths = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-        embedded = embed_files(self.backbone, paths, skip_bad=skip_bad, progress=progress)
+        features, kept = embed_items(self.backbone, expand(inputs), skip_bad=skip_bad, progress=progress)
         predictions = self.predict_features(
-            embedded.features, top_k, open_set=open_set, unknown_threshold=unknown_threshold,
+            features, top_k, open_set=open_set, unknown_threshold=unknown_threshold,
             unknown_label=unknown_label, transductive=transductive,
         )  # fmt: skip
-        return [replace(p, path=str(paths[i])) for p, i in zip(predictions, embedded.kept)]
+        return [replace(p, path=item.name) for p, item in zip(predictions, kept)]
 
     def predict_features(
         self,
@@ -204,10 +220,13 @@ class Classifier:
             )
         return results
 
-    def predict_proba(self, inputs: list[str | Path]) -> np.ndarray:
-        """(n, num_classes) calibrated probabilities, columns in the order of ``classes``."""
-        embedded = embed_files(self.backbone, collect_inputs(list(inputs)))
-        return self.predict_proba_features(embedded.features).numpy()
+    def predict_proba(self, inputs: ImageInput | list[ImageInput]) -> np.ndarray:
+        """(n, num_classes) calibrated probabilities, columns in the order of ``classes_``.
+
+        Takes what :meth:`predict` takes; one row per image, in input order (a folder gives a row per file).
+        """
+        features, _ = embed_items(self.backbone, expand(inputs))
+        return self.predict_proba_features(features).numpy()
 
     def predict_proba_features(self, features: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities from embeddings already computed by this classifier's backbone."""
@@ -221,16 +240,16 @@ class Classifier:
             return torch.empty(0)
         return novelty(features, class_means(self.support_features, self.support_labels, len(self.classes)))
 
-    def add_examples(self, label: str, inputs: list[str | Path], *, progress: bool = False) -> int:
+    def add_examples(self, label: str, inputs: ImageInput | list[ImageInput], *, progress: bool = False) -> int:
         """Add a class from one or more examples, or more examples to a class, and refit.
 
         Exact for ``prototype``; ``probe`` refits its head on the stored embeddings, in seconds.
         Returns how many images were added.
         """
         check_class_names([*self.classes, label], self.open_set.unknown_label)
-        embedded = embed_files(self.backbone, collect_inputs(list(inputs)), progress=progress)
-        self.add_features(label, embedded.features)
-        return len(embedded.kept)
+        features, kept = embed_items(self.backbone, expand(inputs), progress=progress)
+        self.add_features(label, features)
+        return len(kept)
 
     def add_features(self, label: str, features: torch.Tensor) -> None:
         """:meth:`add_examples` for embeddings already computed by this classifier's backbone."""
