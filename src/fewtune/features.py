@@ -72,7 +72,6 @@ def embed_files(
     """
     if cache is True:
         cache = FeatureCache(default_cache_dir(), backbone.fingerprint, backbone.dim)
-    transform = transform or build_transform(backbone.preprocessing)
     draft = int(max(backbone.preprocessing["input_size"][1:]) / backbone.preprocessing["crop_pct"]) + 1
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -84,6 +83,8 @@ def embed_files(
         cached = cache.get_many(h for h in hashes if h) if cache else {}
         vectors: dict[int, np.ndarray] = {i: cached[h] for i, h in enumerate(hashes) if h in cached}
         todo = [i for i, h in enumerate(hashes) if h and h not in cached]
+        if todo and transform is None:  # timm's transforms only when there is backbone work to do
+            transform = build_transform(backbone.preprocessing)
 
         def prepare(i: int) -> torch.Tensor:
             data = images.read(paths[i])
