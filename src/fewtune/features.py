@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,8 @@ def embed_files(
         cache = FeatureCache(default_cache_dir(), backbone.fingerprint, backbone.dim)
     draft = int(max(backbone.preprocessing["input_size"][1:]) / backbone.preprocessing["crop_pct"]) + 1
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # one file (a single predict): threads would only add their start-up to the latency
+    with ThreadPoolExecutor(max_workers=2) if len(paths) > 1 else _Inline() as pool:
         # pass 1: hash every file (bytes are not kept: a folder may hold gigabytes of photos)
         hashed = list(pool.map(_safe(_hash_file), paths))
         bad: dict[int, str] = {i: str(h) for i, h in enumerate(hashed) if isinstance(h, FewtuneError)}
@@ -134,6 +135,27 @@ def embed_images(backbone: Backbone, pictures: Sequence[Image.Image], batch_size
         return torch.empty(0, backbone.dim)
     batches = [torch.stack([transform(p) for p in pictures[s : s + batch_size]]) for s in range(0, len(pictures), batch_size)]
     return torch.cat([backbone.embed(b) for b in batches])
+
+
+class _Inline:
+    """The part of ThreadPoolExecutor that embed_files uses, run in the calling thread."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        return [fn(item) for item in items]
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through result(), as a pool would
+            future.set_exception(exc)
+        return future
 
 
 def _raise_unless(skip_bad: bool, bad: dict[int, str]) -> None:
