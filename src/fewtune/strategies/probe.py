@@ -12,7 +12,7 @@ from fewtune.strategies.base import Strategy, check_support, normalize, stratifi
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 #: Above this many support examples, cross-validation uses at most 3 folds and ...
-LARGE_N = 300
+LARGE_N = 100
 #: ... at most this many classes (all their examples): the regularisation that suits a domain and a
 #: number of shots does not hinge on the number of classes, while the cost of each fit grows with it.
 CV_CLASSES = 20
