@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategies", default="prototype,probe,auto")
     parser.add_argument("--omniglot", type=Path, help="Omniglot folder: real cached features where the setting fits")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cost.json"))
-    parser.add_argument("--plot", type=Path, help="write a plot of fit seconds against examples per class")
+    parser.add_argument("--plot", type=Path, help="write a plot of fit CPU seconds against support examples")
+    parser.add_argument("--render", action="store_true", help="only print the table (and plot) of the --out file")
     return parser.parse_args(argv)
 
 
@@ -73,13 +74,19 @@ def measure(name: str, features: torch.Tensor, labels: torch.Tensor, classes: in
     report = strategy.fit_report()
     return {
         "strategy": name, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
-        "peak_mb": round((_status("VmHWM") - before) / 2**20, 1),
+        "peak_mb": round(max(0, _status("VmHWM") - before) / 2**20, 1),
         "chosen": report.get("chosen"), "l2": report.get("l2"),
     }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.render:
+        rows = json.loads(args.out.read_text())
+        print(markdown(rows))
+        if args.plot:
+            plot(rows, args.plot)
+        return rows
     omniglot = None
     if args.omniglot:
         import fewtune
@@ -113,12 +120,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     names = list(dict.fromkeys(r["strategy"] for r in rows))
-    header = "| classes × examples | features | " + " | ".join(f"{n} s / MB" for n in names) + " |"
+    header = "| classes × examples | features | " + " | ".join(f"{n}: CPU s (wall s) / MB" for n in names) + " |"
     lines = [header, "|---|---|" + "---:|" * len(names)]
     for key in dict.fromkeys((r["classes"], r["shots"]) for r in rows):
         cells = {r["strategy"]: r for r in rows if (r["classes"], r["shots"]) == key}
         source = next(iter(cells.values()))["features"]
-        values = [f"{cells[n]['seconds']:.2f} / {cells[n]['peak_mb']:.0f}" if n in cells else "–" for n in names]
+        values = [
+            f"{cells[n]['cpu_seconds']:.2f} ({cells[n]['seconds']:.1f}) / {cells[n]['peak_mb']:.0f}" if n in cells else "–" for n in names
+        ]
         lines.append(f"| {key[0]} × {key[1]} | {source} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
@@ -133,11 +142,11 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True)
     for ax, name in zip(axes if len(names) > 1 else [axes], names):
         for classes in sorted({r["classes"] for r in rows}):
-            points = sorted((r["examples"], r["seconds"]) for r in rows if r["strategy"] == name and r["classes"] == classes)
+            points = sorted((r["examples"], max(r["cpu_seconds"], 1e-3)) for r in rows if r["strategy"] == name and r["classes"] == classes)
             ax.plot(*zip(*points), marker="o", label=f"{classes} classes")
         ax.set(title=name, xlabel="support examples (classes × per class)", xscale="log", yscale="log")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("fit + held-out logits (s)") if len(names) > 1 else axes.set_ylabel("fit (s)")
+    axes[0].set_ylabel("fit + held-out logits, CPU s") if len(names) > 1 else axes.set_ylabel("fit, CPU s")
     axes[0].legend() if len(names) > 1 else axes.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

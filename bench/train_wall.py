@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,14 +46,20 @@ def main(argv: list[str] | None = None) -> None:
             for strategy in args.strategies.split(","):
                 if f"{classes}:{strategy}" in skip:
                     continue
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), _children_cpu()
                 subprocess.run([*command, "--strategy", strategy], env=env, check=True, capture_output=True)
-                row = {"classes": classes, "images": args.images, "strategy": strategy, "wall_s": round(time.perf_counter() - start, 2)}
+                wall, cpu = round(time.perf_counter() - start, 2), round(_children_cpu() - cpu, 2)
+                row = {"classes": classes, "images": args.images, "strategy": strategy, "wall_s": wall, "cpu_s": cpu}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

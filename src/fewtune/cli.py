@@ -577,6 +577,7 @@ def serve(
     create_strategy(strategy)
     classifier = load(model) if model else None
     backbone = classifier.backbone if classifier else create_backbone()
+    backbone.model  # noqa: B018 - build the network now, not during the first request
     config = ServerConfig(
         strategy=strategy, model_path=model, models_dir=models_dir, token=token, max_image_bytes=int(max_image_mb * 1024 * 1024)
     )
