@@ -92,3 +92,11 @@ def test_a_warm_train_never_builds_the_backbone(colour_data, tiny_weights):
     assert torch.equal(warm.support_features, cold.support_features)
     photo = next(colour_data.glob("red/*"))
     assert warm.predict([photo])[0].label == "red" and not warm.backbone.built  # cached photo: still no network
+
+
+def test_adding_cached_images_to_a_loaded_classifier_builds_no_backbone(colour_data, tiny_weights, tmp_path):
+    fewtune.train(colour_data, "prototype", backbone="test_efficientnet", weights=tiny_weights).save(tmp_path / "m")
+    loaded = fewtune.load(tmp_path / "m")
+    red = sorted(colour_data.glob("red/*"))
+    assert loaded.add_examples("crimson", red[:2]) == 2  # cached by the training run
+    assert "crimson" in loaded.classes and not loaded.backbone.built
