@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -144,7 +145,10 @@ def train(
     except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
         err.print(f"interrupted: {exc}" if str(exc) else "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    classifier.save(output)
+    from fewtune.locks import model_lock
+
+    with model_lock(output, on_wait=_waiting):
+        classifier.save(output)
     shutil.rmtree(checkpoint, ignore_errors=True)  # the saved classifier supersedes it
     if not quiet:
         _print_training_summary(classifier, output)
@@ -187,6 +191,35 @@ def _describe_fit(fit: dict) -> list[str]:
         )
     lines.append(f"head: {'trained' if head['trained'] else 'imprinted from the class prototypes'} ({head['why']})")
     return lines
+
+
+def _describe_record(describe, record: dict, name: str):
+    """``describe(record)``, or the raw record when it was edited out of the shape describe expects."""
+    try:
+        return describe(record)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return [f"{name}: {record}"] if describe is _describe_fit else f"{name}: {record}"
+
+
+def _waiting(message: str) -> None:
+    err.print(message, highlight=False, markup=False)
+
+
+def json_text(data) -> str:
+    """``--json`` output: valid JSON always. Python's json would write NaN and Infinity, which
+    JSON has not; non-finite numbers are written as the strings "NaN", "Infinity", "-Infinity"
+    (which JavaScript's Number() and Python's float() read back)."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def _describe_calibration(calibration: dict) -> str:
@@ -265,7 +298,7 @@ def predict(
         unknown_label=unknown_label, transductive="balanced" if balanced else transductive,
     )  # fmt: skip
     if as_json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+        print(json_text([p.to_dict() for p in predictions]))
     elif as_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -307,14 +340,14 @@ def info(
 
     config = read_config(model)
     if as_json:
-        print(json.dumps(config, indent=2, ensure_ascii=False))
+        print(json_text(config))
         return
-    backbone, strategy, training = config["backbone"], config["strategy"], config.get("training", {})
-    counts = training.get("per_class", {})
+    backbone, strategy, training = config["backbone"], config["strategy"], config.get("training") or {}
+    counts = training.get("per_class") or {}
     out.print(f"[bold]{model}[/]  (format {config['format_version']}, fewtune {config['fewtune_version']})", highlight=False)
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     out.print(f"  strategy:  {strategy['name']} {settings}", highlight=False)
-    for line in _describe_fit(strategy.get("fit", {})):
+    for line in _describe_record(_describe_fit, strategy.get("fit") or {}, "fit"):
         out.print(f"  {line}", highlight=False)
     out.print(
         f"  backbone:  {backbone['name']} ({backbone['timm_name']}, {backbone['embedding_dim']}-d, "
@@ -322,7 +355,7 @@ def info(
         highlight=False,
     )
     out.print(f"  classes:   {len(config['classes'])}: " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in config["classes"]), highlight=False)
-    out.print(f"  {_describe_calibration(config['calibration'])}", highlight=False)
+    out.print(f"  {_describe_record(_describe_calibration, config['calibration'], 'calibration')}", highlight=False)
     from fewtune.classifier import OpenSet
 
     out.print(f"  {_describe_open_set(OpenSet(**config['open_set']))}", highlight=False)
@@ -523,11 +556,13 @@ def add(
     """Add a class from as little as one example, or more examples to a class, without retraining
     from the original images: exact for prototype; probe refits its head on stored embeddings."""
     from fewtune.classifier import load
+    from fewtune.locks import model_lock
 
-    classifier = load(model)
-    existed = label in classifier.classes
-    added = classifier.add_examples(label, inputs, progress=not quiet)
-    classifier.save(model)
+    with model_lock(model, on_wait=_waiting):  # read, change, write: no other writer in between
+        classifier = load(model)
+        existed = label in classifier.classes
+        added = classifier.add_examples(label, inputs, progress=not quiet)
+        classifier.save(model)
     if not quiet:
         verb = "added" if not existed else "extended"
         count = classifier.training["per_class"][label]
@@ -542,10 +577,12 @@ def remove(
 ) -> None:
     """Forget a class and its examples."""
     from fewtune.classifier import load
+    from fewtune.locks import model_lock
 
-    classifier = load(model)
-    classifier.remove_class(label)
-    classifier.save(model)
+    with model_lock(model, on_wait=_waiting):
+        classifier = load(model)
+        classifier.remove_class(label)
+        classifier.save(model)
     if not quiet:
         err.print(f"removed class {label!r}; {len(classifier.classes)} classes left -> {model}", highlight=False)
 
