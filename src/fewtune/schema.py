@@ -87,9 +87,9 @@ def _check(config: dict[str, Any]) -> None:
     size = pre.get("input_size")
     if not (isinstance(size, list) and len(size) == 3 and size[0] == 3 and all(type(s) is int and SIDE[0] <= s <= SIDE[1] for s in size[1:])):
         raise _Bad("preprocessing.input_size", f"expected [3, height, width] with sides {SIDE[0]}-{SIDE[1]}, got {size!r:.80}")
-    if pre.get("interpolation") not in INTERPOLATIONS:
+    if not isinstance(pre.get("interpolation"), str) or pre["interpolation"] not in INTERPOLATIONS:
         raise _Bad("preprocessing.interpolation", f"expected one of {', '.join(sorted(INTERPOLATIONS))}")
-    if pre.get("crop_mode", "center") not in CROP_MODES:
+    if not isinstance(pre.get("crop_mode", "center"), str) or pre.get("crop_mode", "center") not in CROP_MODES:
         raise _Bad("preprocessing.crop_mode", f"expected one of {', '.join(sorted(CROP_MODES))}")
     _number(pre, "crop_pct", "preprocessing.crop_pct", 0.05, 1.0)
     for key, low in (("mean", -10.0), ("std", 1e-6)):

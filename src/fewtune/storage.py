@@ -53,7 +53,7 @@ from fewtune.classifier import Classifier, OpenSet
 from fewtune.errors import FewtuneError
 from fewtune.locks import model_lock
 from fewtune.schema import FORMAT_VERSION, check_tensors, validate_config
-from fewtune.strategies import create_strategy
+from fewtune.strategies import STRATEGIES, Strategy, create_strategy
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a real config is a few KB; never read a huge file into memory
 USE_EXCHANGE = True  # tests set False to exercise the two-rename fallback
@@ -152,6 +152,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     save_id = config.get("save_id")
     if save_id is not None and not isinstance(save_id, str):
         raise FewtuneError(f"{path}/config.json: save_id: expected a string; the classifier is damaged, train it again")
+    _strategy(path, config)
     return config
 
 
@@ -194,10 +195,7 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
     if saved.get("tuned_sha256"):
         backbone = _load_tuned_body(path, folder, save_id, backbone, saved["tuned_sha256"])
     backbone = replace(backbone, preprocessing=copy.deepcopy(config["preprocessing"]))  # as trained, not today's default
-    try:  # the constructor validates its own settings (FewtuneError); a config can hold any JSON
-        strategy = create_strategy(config["strategy"]["name"], **config["strategy"]["hyperparameters"])
-    except (KeyError, AttributeError, IndexError, OverflowError) as exc:
-        raise FewtuneError(f"{path}/config.json: strategy.hyperparameters: not valid for {config['strategy']['name']!r} ({type(exc).__name__}: {exc}); train the classifier again") from None
+    strategy = _strategy(path, config)
     state = _tensors(path, folder / "strategy.safetensors", save_id)
     support = _tensors(path, folder / "support.safetensors", save_id)
     if set(support) != {"features", "labels"}:
@@ -223,6 +221,18 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         open_set=OpenSet(**{**config["open_set"], "threshold": float(config["open_set"]["threshold"])}),
         training=config.get("training") or {},
     )
+
+
+def _strategy(path: Path, config: dict[str, Any]) -> Strategy:
+    """The strategy config.json names, built from its hyperparameters: its constructor checks them."""
+    name = config["strategy"]["name"]
+    try:
+        return create_strategy(name, **config["strategy"]["hyperparameters"])
+    except FewtuneError as exc:
+        key = "strategy.hyperparameters" if name in STRATEGIES else "strategy.name"
+        raise FewtuneError(f"{path}/config.json: {key}: {exc}; train the classifier again") from None
+    except (KeyError, AttributeError, IndexError, OverflowError, RecursionError) as exc:  # a config can hold any JSON
+        raise FewtuneError(f"{path}/config.json: strategy.hyperparameters: not valid for {name!r} ({type(exc).__name__}: {exc}); train the classifier again") from None
 
 
 def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Tensor]:
