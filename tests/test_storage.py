@@ -262,3 +262,20 @@ def test_a_writer_that_cannot_get_the_lock_exits_2_with_one_line(tiny_backbone, 
     assert run.returncode == 2, run.stderr
     assert "has been updating it for over 0.5 s; wait for it to finish and retry" in run.stderr and "Traceback" not in run.stderr
     assert fewtune.classifier.read_config(model)["classes"] == ["blue", "green", "red"]
+
+
+def test_eight_concurrent_server_saves_to_one_name_all_succeed(tiny_backbone, models, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fewtune.server import ServerConfig, create_app
+
+    with TestClient(create_app(tiny_backbone, config=ServerConfig(models_dir=models))) as client:
+        for name, rgb in (("cyan", (30, 220, 220)), ("pink", (240, 120, 200))):
+            image = make_image(tmp_path / f"{name}.png", rgb).read_bytes()
+            assert client.post(f"/classes/{name}/examples", files=[("file", (f"{name}.png", image, "image/png"))]).status_code == 200
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: client.post("/models/save?name=same").status_code, range(8)))
+        assert codes == [200] * 8
+        assert client.post("/models/save?name=same").status_code == 200  # and later saves still work
+    assert storage.load(models / "same.fewtune", backbone=tiny_backbone).classes == ["cyan", "pink"]
+    assert _listing(models) == [".same.fewtune.lock", "same.fewtune"]

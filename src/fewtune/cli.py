@@ -555,9 +555,10 @@ def add(
 ) -> None:
     """Add a class from as little as one example, or more examples to a class, without retraining
     from the original images: exact for prototype; probe refits its head on stored embeddings."""
-    from fewtune.classifier import load
+    from fewtune.classifier import load, read_config
     from fewtune.locks import model_lock
 
+    read_config(model)  # not a model: say so before creating its lock file
     with model_lock(model, on_wait=_waiting):  # read, change, write: no other writer in between
         classifier = load(model)
         existed = label in classifier.classes
@@ -576,9 +577,10 @@ def remove(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:
     """Forget a class and its examples."""
-    from fewtune.classifier import load
+    from fewtune.classifier import load, read_config
     from fewtune.locks import model_lock
 
+    read_config(model)  # not a model: say so before creating its lock file
     with model_lock(model, on_wait=_waiting):
         classifier = load(model)
         classifier.remove_class(label)
