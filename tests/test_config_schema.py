@@ -14,7 +14,6 @@ from safetensors.torch import save_file
 
 import fewtune
 from conftest import COLOURS, make_image
-from fewtune import storage
 from fewtune.cli import main
 from fewtune.errors import FewtuneError
 

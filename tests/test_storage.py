@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import fewtune
 from conftest import make_image
-from fewtune import locks, storage
+from fewtune import locks, storage, swap
 from fewtune.errors import FewtuneError
 
 SRC = str(Path(fewtune.__file__).parents[1])
@@ -72,13 +72,13 @@ def _steps(action) -> list[str]:
 
 def test_the_atomic_swap_is_available_here():
     """The kill tests below cover both paths; on Linux the one-step exchange is the one used."""
-    assert storage._renameat2 is not None or not sys.platform.startswith("linux")
+    assert swap._renameat2 is not None or not sys.platform.startswith("linux")
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
 def test_a_kill_at_any_step_of_a_save_leaves_a_whole_model(old_new, tiny_backbone, models, monkeypatch, exchange):
     old, new = old_new
-    monkeypatch.setattr(storage, "USE_EXCHANGE", exchange)
+    monkeypatch.setattr(swap, "USE_EXCHANGE", exchange)
     path = models / "m.fewtune"
     create = _steps(lambda: old.save(path))
     replace = _steps(lambda: new.save(path))
@@ -140,7 +140,7 @@ def test_eight_concurrent_saves_all_succeed(old_new, tiny_backbone, models):
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
 def test_readers_never_see_half_a_save(old_new, tiny_backbone, models, monkeypatch, exchange):
     old, new = old_new
-    monkeypatch.setattr(storage, "USE_EXCHANGE", exchange)
+    monkeypatch.setattr(swap, "USE_EXCHANGE", exchange)
     path = old.save(models / "m.fewtune")
     stop, seen, errors = threading.Event(), set(), []
 

@@ -141,6 +141,9 @@ def check_tensors(config: dict[str, Any], features: torch.Tensor, labels: torch.
             f"support.safetensors: labels do not match the {classes} classes of config.json (each needs an example, "
             f"indices 0-{classes - 1}); the classifier is damaged, train it again"
         )
+    for key, tensor in state.items():  # every strategy keeps vectors and (rows, dim) matrices
+        if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != dim):
+            raise FewtuneError(f"strategy.safetensors: {key} is {tuple(tensor.shape)}, expected a vector or (rows, {dim}); train the classifier again")
     for name, tensor in [("support.safetensors features", features), *((f"strategy.safetensors {k}", v) for k, v in state.items())]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise FewtuneError(f"{name}: holds NaN or infinite values; the classifier is damaged, train it again")

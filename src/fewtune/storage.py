@@ -8,19 +8,11 @@ Layout of ``NAME.fewtune/`` (the same in formats 1 and 2)::
     support.safetensors     support embeddings and labels (to refit or add classes later)
     body.safetensors        the fine-tuned backbone, only when the body was fine-tuned
 
-How a save replaces a folder. The writer holds the model's lock (:mod:`fewtune.locks`). It
-writes and fsyncs the new folder as a hidden sibling ``.NAME.<uuid>.partial``, then swaps the
-two with ``renameat2(RENAME_EXCHANGE)``: one system call, so at every instant ``NAME`` is the
-whole old model or the whole new one, wherever the process is killed; the old one, now under the
-hidden name, is deleted after. Chosen over versioned subfolders behind a pointer file because the
-layout stays the one every fewtune version writes and reads: older fewtune, ``info`` and scripts
-that open ``NAME.fewtune/config.json`` keep working, with no format change. Where the kernel or
-filesystem lacks RENAME_EXCHANGE (not Linux, some network filesystems) the fallback is two
-renames, ``NAME`` -> ``.NAME.<uuid>.old`` then staging -> ``NAME``; killed between them there is
-no ``NAME``, so readers use that retired copy (the previous model, complete) and the next save
-puts it back first. Each save starts by deleting the leftovers of killed saves (safe: under the
-lock no other save of NAME runs). The new folder keeps the old one's permissions, or follows the
-umask for a new model, so a model shared with other users stays readable.
+How a save replaces a folder. The writer holds the model's lock (:mod:`fewtune.locks`), writes
+and fsyncs the new folder as a hidden sibling ``.NAME.<uuid>.partial``, then swaps it into place
+in one step (:mod:`fewtune.swap`: ``renameat2`` RENAME_EXCHANGE, or two renames that
+:func:`resolve` recovers from). Each save starts by putting back what a killed one retired and
+deleting the leftovers of killed saves.
 
 Every save writes a fresh ``save_id`` into config.json and into each tensor file's metadata. A
 reader that finds two different ids raced a save, and reads again; loading takes JSON and
@@ -30,13 +22,10 @@ safetensors only, so nothing in the folder can run code.
 from __future__ import annotations
 
 import copy
-import ctypes
-import errno
 import json
 import os
-import re
 import shutil
-import sys
+import stat
 import time
 import uuid
 from dataclasses import replace
@@ -47,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fewtune import swap
 from fewtune._version import __version__
 from fewtune.backbones import REGISTRY, Backbone, create_backbone, state_sha256
 from fewtune.classifier import Classifier, OpenSet
@@ -56,8 +46,6 @@ from fewtune.schema import FORMAT_VERSION, check_tensors, validate_config
 from fewtune.strategies import STRATEGIES, Strategy, create_strategy
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a real config is a few KB; never read a huge file into memory
-USE_EXCHANGE = True  # tests set False to exercise the two-rename fallback
-_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
 
 
 def _checkpoint(step: str) -> None:
@@ -74,10 +62,10 @@ def save(classifier: Classifier, path: str | Path) -> Path:
     config = validate_config(json.loads(json.dumps(classifier.config())), f"{path}/config.json")  # never write what can't be read
     with model_lock(path):
         try:
-            _restore_retired(path)
+            swap.restore_retired(path)
             if path.is_symlink() or path.is_file() or (path.is_dir() and not (path / "config.json").is_file() and any(path.iterdir())):
                 raise FewtuneError(f"{path}: exists and is not a fewtune classifier; choose another output path")
-            _remove_leftovers(path)
+            swap.remove_leftovers(path)
             _write(classifier, config, path)
         except OSError as exc:
             raise FewtuneError(f"{path}: cannot save the classifier ({exc.strerror or exc}); choose a folder you can write, with free space") from None
@@ -99,28 +87,13 @@ def _write(classifier: Classifier, config: dict[str, Any], path: Path) -> None:
             save_file({k: v.contiguous() for k, v in state.items()}, staging / name, metadata={"save_id": save_id})
             _checkpoint(f"wrote {name}")
         (staging / "config.json").write_text(json.dumps({**config, "save_id": save_id}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _keep_modes(path, staging)
+        swap.keep_modes(path, staging)
         for file in staging.iterdir():
-            _fsync(file)
-        _fsync(staging)
+            swap.fsync(file)
+        swap.fsync(staging)
         _checkpoint("staged")
-        if not path.exists():
-            os.rename(staging, path)
-            _checkpoint("renamed")
-        elif _exchange(staging, path):
-            _checkpoint("exchanged")
-        else:
-            retired = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-            os.rename(path, retired)
-            _checkpoint("retired")
-            try:
-                os.rename(staging, path)
-            except BaseException:
-                os.rename(retired, path)
-                raise
-            _checkpoint("renamed")
-            shutil.rmtree(retired, ignore_errors=True)
-        _fsync(path.parent)
+        swap.put_in_place(staging, path, lambda step: _checkpoint(step))
+        swap.fsync(path.parent)
         _checkpoint("synced")
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the unfinished new folder, or the old one after the swap
@@ -133,8 +106,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     for attempt in range(5):
         try:
             file = resolve(path) / "config.json"
-            if file.stat().st_size > MAX_CONFIG_BYTES:
-                raise ValueError(f"larger than {MAX_CONFIG_BYTES // 2**20} MB")
+            info = file.stat()
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"not a regular file of at most {MAX_CONFIG_BYTES // 2**20} MB")
             config = json.loads(file.read_text(encoding="utf-8"))
             break
         except (FileNotFoundError, NotADirectoryError):  # none, or a fallback save moved it as we looked
@@ -174,8 +148,8 @@ def resolve(path: Path) -> Path:
     """``path``, or the copy a save killed between its two fallback renames left (see above)."""
     if path.exists():
         return path
-    retired = _retired(path)
-    return retired[0] if retired else path
+    found = swap.retired(path)
+    return found[0] if found else path
 
 
 def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
@@ -270,92 +244,3 @@ def _load_tuned_body(path: Path, folder: Path, save_id: str | None, backbone: Ba
     if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
         raise FewtuneError(f"{path}/body.safetensors: holds NaN or infinite weights; train the classifier again")
     return replace(tuned, tuned_sha256=expected)
-
-
-def _leftover(path: Path) -> re.Pattern[str]:
-    """Hidden siblings a killed save may leave: ``.NAME.<uuid|pid|mkdtemp>.partial|old``."""
-    return re.compile(rf"\.{re.escape(path.name)}\.(?:[0-9a-f]{{32}}|\d+|[a-z0-9_]{{8}})\.(?:partial|old)")
-
-
-def _retired(path: Path) -> list[Path]:
-    """Complete retired copies of ``path`` (``*.old`` with a config.json), newest first."""
-    if not path.parent.is_dir():
-        return []
-    pattern = _leftover(path)
-    found = [p for p in path.parent.iterdir() if p.name.endswith(".old") and pattern.fullmatch(p.name) and (p / "config.json").is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
-
-
-def _restore_retired(path: Path) -> None:
-    """Put back the copy a save killed between its fallback renames retired (lock held)."""
-    if not path.exists() and not path.is_symlink() and (retired := _retired(path)):
-        os.rename(retired[0], path)
-
-
-def _remove_leftovers(path: Path) -> None:
-    """Delete what killed saves of ``path`` left (lock held, so none of them is running)."""
-    pattern = _leftover(path)
-    for leftover in path.parent.iterdir():
-        if pattern.fullmatch(leftover.name):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _keep_modes(previous: Path, staging: Path) -> None:
-    """Give the new folder and files the permissions of the ones they replace, or the umask's
-    for a new model (safetensors creates its files 0600 whatever the umask)."""
-    try:
-        folder_mode = previous.stat().st_mode & 0o7777
-        file_mode = (previous / "config.json").stat().st_mode & 0o7777
-    except OSError:
-        folder_mode, file_mode = 0o777 & ~_umask(), 0o666 & ~_umask()
-    for file in staging.iterdir():
-        os.chmod(file, file_mode)
-    os.chmod(staging, folder_mode)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask sets it too)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _exchange(new: Path, old: Path) -> bool:
-    """Swap two folders in one step; False where the system can't (then the caller falls back)."""
-    if not USE_EXCHANGE or _renameat2 is None:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(old), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(old))
-
-
-def _find_renameat2() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # glibc < 2.28, or another libc without it
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_renameat2 = _find_renameat2()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
