@@ -14,10 +14,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fewtune._version import __version__
 from fewtune.errors import FewtuneError
+from fewtune.outputs import check_model_output, save_error
 from fewtune.progress import ProgressBar
 
 app = typer.Typer(
@@ -30,8 +32,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console()  # results: stdout
-err = Console(stderr=True, soft_wrap=True)  # progress, summaries and errors: stderr, so --json output stays clean
+# Paths, labels and class names are the user's, and may hold "[/]" or "[bold red]": markup is off
+# everywhere (tables included) and a site that styles text opts in with markup=True, escaping each value.
+out = Console(markup=False)  # results: stdout
+err = Console(stderr=True, soft_wrap=True, markup=False)  # progress, summaries and errors: stderr, so --json output stays clean
 
 
 def _version(value: bool) -> None:
@@ -133,6 +137,7 @@ def train(
         found.plot(lr_find)
         out.print(f"suggested --lr {found.suggestion:.2g} (steepest loss descent; curve saved to {lr_find})", highlight=False)
         return
+    check_model_output(output)  # now, not after minutes of training
     checkpoint = output.with_name(f"{output.name}.checkpoint")
     if resume and not (checkpoint / "state.json").is_file():
         raise FewtuneError(f"--resume: no checkpoint at {checkpoint}; train without --resume")
@@ -148,18 +153,26 @@ def train(
     from fewtune.locks import model_lock
 
     with model_lock(output, on_wait=_waiting):
-        classifier.save(output)
+        _save(classifier, output)
     shutil.rmtree(checkpoint, ignore_errors=True)  # the saved classifier supersedes it
     if not quiet:
         _print_training_summary(classifier, output)
+
+
+def _save(classifier, path: Path) -> None:
+    try:
+        classifier.save(path)
+    except OSError as exc:
+        raise save_error(path, exc) from None
 
 
 def _print_training_summary(classifier, output: Path) -> None:
     summary, fit, strategy = classifier.training, classifier.fit_report, classifier.strategy.name
     counts = summary["per_class"]
     err.print(
-        f"trained [bold]{strategy}[/] on {len(counts)} classes, {summary['images']} images "
-        f"({summary['embeddings_from_cache']} embeddings from cache) in {summary['seconds']:.1f} s -> [bold]{output}[/]"
+        f"trained [bold]{escape(strategy)}[/] on {len(counts)} classes, {summary['images']} images "
+        f"({summary['embeddings_from_cache']} embeddings from cache) in {summary['seconds']:.1f} s -> [bold]{escape(str(output))}[/]",
+        markup=True,
     )
     err.print("  examples per class: " + ", ".join(f"{name} {n}" for name, n in counts.items()), highlight=False)
     for line in _describe_fit(fit):
@@ -167,13 +180,17 @@ def _print_training_summary(classifier, output: Path) -> None:
     err.print(f"  {_describe_calibration(classifier.calibration)}", highlight=False)
     err.print(f"  {_describe_open_set(classifier.open_set)}", highlight=False)
     if summary["skipped_non_images"]:
-        err.print(f"  skipped {summary['skipped_non_images']} non-image or hidden files")
+        err.print(
+            f"  skipped {summary['skipped_non_images']} entries that are not image files (other or hidden files, "
+            "FIFOs, sockets, broken or looping links, folders named like images)"
+        )
     for bad in summary["bad_images"]:
-        err.print(f"  [yellow]skipped bad image[/] {bad['error']}", highlight=False)
+        err.print(f"  [yellow]skipped bad image[/] {escape(bad['error'])}", highlight=False, markup=True)
     for dup in summary["duplicates_across_classes"]:
         err.print(
-            f"  [yellow]warning:[/] identical files under classes {', '.join(dup['classes'])}: {', '.join(dup['paths'])}",
+            f"  [yellow]warning:[/] identical files under classes {escape(', '.join(dup['classes']))}: {escape(', '.join(dup['paths']))}",
             highlight=False,
+            markup=True,
         )
 
 
@@ -317,17 +334,15 @@ def predict(
             others = ", ".join(f"{name} {s:.2f}" for name, s in p.top_k[1:])
             table.add_row(p.path, label, f"{p.score:.3f}", f"{p.novelty:.3f}", *([others] if top_k > 1 else []))
         out.print(table)
-    if skip_bad and not quiet:
-        predicted = {p.path for p in predictions}
-        skipped = len(set(map(str, _expand(inputs)))) - len(predicted)
-        if skipped:
+    if not quiet:
+        from fewtune.dataset import find_inputs
+
+        paths, left_out = find_inputs(inputs)
+        skipped = len(set(map(str, paths))) - len({p.path for p in predictions})
+        if skip_bad and skipped:
             err.print(f"skipped {skipped} unreadable images")
-
-
-def _expand(inputs: list[str]) -> list[Path]:
-    from fewtune.dataset import collect_inputs
-
-    return collect_inputs(inputs)
+        if left_out:
+            err.print(f"skipped {left_out} entries that are not image files (other or hidden files, FIFOs, sockets, broken or looping links, folders)")
 
 
 @app.command()
@@ -344,7 +359,8 @@ def info(
         return
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training") or {}
     counts = training.get("per_class") or {}
-    out.print(f"[bold]{model}[/]  (format {config['format_version']}, fewtune {config['fewtune_version']})", highlight=False)
+    versions = f"format {config['format_version']}, fewtune {config['fewtune_version']}"
+    out.print(f"[bold]{escape(str(model))}[/]  ({escape(versions)})", highlight=False, markup=True)
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     out.print(f"  strategy:  {strategy['name']} {settings}", highlight=False)
     for line in _describe_record(_describe_fit, strategy.get("fit") or {}, "fit"):
@@ -559,11 +575,12 @@ def add(
     from fewtune.locks import model_lock
 
     read_config(model)  # not a model: say so before creating its lock file
+    check_model_output(model)
     with model_lock(model, on_wait=_waiting):  # read, change, write: no other writer in between
         classifier = load(model)
         existed = label in classifier.classes
         added = classifier.add_examples(label, inputs, progress=not quiet)
-        classifier.save(model)
+        _save(classifier, model)
     if not quiet:
         verb = "added" if not existed else "extended"
         count = classifier.training["per_class"][label]
@@ -581,10 +598,11 @@ def remove(
     from fewtune.locks import model_lock
 
     read_config(model)  # not a model: say so before creating its lock file
+    check_model_output(model)
     with model_lock(model, on_wait=_waiting):
         classifier = load(model)
         classifier.remove_class(label)
-        classifier.save(model)
+        _save(classifier, model)
     if not quiet:
         err.print(f"removed class {label!r}; {len(classifier.classes)} classes left -> {model}", highlight=False)
 
@@ -600,12 +618,26 @@ def serve(
         Optional[str], typer.Option(envvar="FEWTUNE_TOKEN", help="Require 'Authorization: Bearer TOKEN' on write endpoints.")
     ] = None,
     max_image_mb: Annotated[float, typer.Option(help="Largest accepted upload per image, in MB.")] = 10.0,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body, in MB (also for bodies without Content-Length).")] = 32.0,
+    protect_predict: Annotated[bool, typer.Option(help="Require the --token on POST /predict too.")] = False,
+    allow_host: Annotated[
+        Optional[list[str]],
+        typer.Option(metavar="<name>", help="Also answer to this Host name (repeatable; '*' for any). Default: loopback names and --host."),
+    ] = None,
+    allow_origin: Annotated[
+        Optional[list[str]],
+        typer.Option(metavar="<origin>", help="Also accept writes from pages of this origin, e.g. https://app.example (repeatable; '*' for any)."),
+    ] = None,
 ) -> None:
     """Serve an HTTP API (OpenAPI docs at /docs) and a web page at / where you teach and test a
-    classifier: add classes from one photo each, drop test photos, save the model."""
+    classifier: add classes from one photo each, drop test photos, save the model.
+
+    Only pages served by this server may send it writes, and only at a Host name it answers to
+    (loopback names and --host); list others with --allow-host / --allow-origin."""
     try:
         import uvicorn
 
+        from fewtune.origins import default_hosts
         from fewtune.server import ServerConfig, create_app
     except ImportError:
         raise FewtuneError("the server needs its extra: pip install 'fewtune[serve]'") from None
@@ -614,12 +646,31 @@ def serve(
     from fewtune.strategies import create_strategy
 
     create_strategy(strategy)
+    if protect_predict and not token:
+        raise FewtuneError("--protect-predict needs a token: add --token TOKEN (or set FEWTUNE_TOKEN)")
+    if max_image_mb <= 0 or max_request_mb < max_image_mb:
+        raise FewtuneError("--max-request-mb must be at least --max-image-mb, and both above 0")
     classifier = load(model) if model else None
     backbone = classifier.backbone if classifier else create_backbone()
     config = ServerConfig(
-        strategy=strategy, model_path=model, models_dir=models_dir, token=token, max_image_bytes=int(max_image_mb * 1024 * 1024)
+        strategy=strategy,
+        model_path=model,
+        models_dir=models_dir,
+        token=token,
+        protect_predict=protect_predict,
+        max_image_bytes=int(max_image_mb * 1024 * 1024),
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
+        allow_hosts=default_hosts(host) + list(allow_host or []),
+        allow_origins=list(allow_origin or []),
     )
     err.print(f"fewtune serving on http://{host}:{port}/  (API docs: /docs)", highlight=False)
+    if host in ("0.0.0.0", "::") and not allow_host:
+        err.print(
+            "note: it answers only to Host names " + ", ".join(config.allow_hosts) + "; to reach it by another "
+            "name or address (DNS rebinding guard), add --allow-host NAME",
+            highlight=False,
+            markup=False,
+        )
     uvicorn.run(create_app(backbone, classifier, config), host=host, port=port, log_level="warning")
 
 
@@ -633,6 +684,8 @@ def demo(
     from fewtune.backbones import create_backbone
     from fewtune.demo import SHOTS, demo_photos, run_demo, run_open_set_demo
 
+    if output:
+        check_model_output(output)
     photos = demo_photos()
     out.print(f"Demo photos: {photos} (Caltech-101, CC BY 4.0)", highlight=False)
     out.print("Teaching one photo per class:", highlight=False)
@@ -659,9 +712,47 @@ def demo(
         highlight=False,
     )
     if output:
-        results[-1].classifier.save(output)
+        _save(results[-1].classifier, output)
         out.print(f"saved the {results[-1].strategy} classifier ({max(SHOTS)} photos per class) to {output}", highlight=False)
     out.print("Next: put a few photos per class in DATA/<class>/ and run `fewtune train DATA -o model.fewtune`.")
+
+
+cache_app = typer.Typer(help="Look at or empty the on-disk cache of image embeddings.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the feature cache is, what it holds and its size cap ($FEWTUNE_CACHE_MAX_MB, default 2048)."""
+    from datetime import datetime, timezone
+
+    from fewtune.cache import default_cache_dir, describe, max_cache_bytes
+
+    folder, cap = default_cache_dir(), max_cache_bytes()
+    files = describe(folder)
+    source = "FEWTUNE_CACHE_MAX_MB" if os.environ.get("FEWTUNE_CACHE_MAX_MB", "").strip() else "default; set FEWTUNE_CACHE_MAX_MB to change"
+    out.print(f"feature cache: {folder}", highlight=False, soft_wrap=True)
+    out.print(f"  size: {_megabytes(sum(f.bytes for f in files))} of {_megabytes(cap)} ({source}); least recently used rows go first", highlight=False, soft_wrap=True)
+    for f in files:
+        rows = "unreadable, replaced on next use" if f.rows is None else f"{f.rows} embeddings"
+        used = f", last used {datetime.fromtimestamp(f.last_used, timezone.utc):%Y-%m-%d %H:%M} UTC" if f.last_used else ""
+        out.print(f"  {f.path.name}: {rows}, {_megabytes(f.bytes)}{used}", highlight=False, soft_wrap=True)
+    if not files:
+        out.print("  empty", highlight=False, soft_wrap=True)
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete the cached embeddings (only fewtune's files in the cache folder); they are recomputed when needed."""
+    from fewtune.cache import clear, default_cache_dir
+
+    folder = default_cache_dir()
+    files, freed = clear(folder)
+    out.print(f"cleared {files} cache files, {_megabytes(freed)} freed in {folder}", highlight=False, soft_wrap=True)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -669,7 +760,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="fewtune")
     except FewtuneError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -678,9 +769,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("FEWTUNE_DEBUG"):
             raise
         err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc} (a bug in fewtune; rerun with FEWTUNE_DEBUG=1 "
+            f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (a bug in fewtune; rerun with FEWTUNE_DEBUG=1 "
             "for the traceback and report it)",
             highlight=False,
             soft_wrap=True,
+            markup=True,
         )
         sys.exit(1)
