@@ -269,7 +269,7 @@ def test_eight_concurrent_server_saves_to_one_name_all_succeed(tiny_backbone, mo
 
     from fewtune.server import ServerConfig, create_app
 
-    with TestClient(create_app(tiny_backbone, config=ServerConfig(models_dir=models))) as client:
+    with TestClient(base_url="http://127.0.0.1:8000", app=create_app(tiny_backbone, config=ServerConfig(models_dir=models))) as client:  # a host the server accepts
         for name, rgb in (("cyan", (30, 220, 220)), ("pink", (240, 120, 200))):
             image = make_image(tmp_path / f"{name}.png", rgb).read_bytes()
             assert client.post(f"/classes/{name}/examples", files=[("file", (f"{name}.png", image, "image/png"))]).status_code == 200
