@@ -21,21 +21,17 @@ import pytest
 from PIL import Image
 
 from conftest import COLOURS, make_image
-from fewtune.cli import main
+from test_cli import run as run_cli
 
 RED = COLOURS["red"]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err, captured.err
-    assert code != 1, captured.err  # 1 means a bug in fewtune
-    return code, captured.out, captured.err
+    """:func:`test_cli.run`, and never a traceback or exit 1 (a bug in fewtune)."""
+    code, out, err = run_cli(capsys, *argv)
+    assert "Traceback" not in out + err, err
+    assert code != 1, err
+    return code, out, err
 
 
 def one_line_error(code: int, err: str, *names: str) -> None:

@@ -11,18 +11,13 @@ from pathlib import Path
 import pytest
 
 from conftest import COLOURS, make_image
-from fewtune.cli import main
+from test_cli import run as run_cli
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return code, captured.out, captured.err
+    code, out, err = run_cli(capsys, *argv)
+    assert "Traceback" not in out + err
+    return code, out, err
 
 
 @pytest.fixture
