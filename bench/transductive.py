@@ -26,7 +26,8 @@ from fewtune.benchmark import episode_accuracy
 from fewtune.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.features import embed_files
 
-METHODS = ["fewtune prototype", "fewtune prototype:transductive=true", "fewtune prototype:transductive=balanced",
+METHODS = ["fewtune prototype", "fewtune probe", "fewtune prototype:transductive=true",
+           "fewtune prototype:transductive=proportions", "fewtune prototype:transductive=balanced",
            "easyfsl BDCSPN", "easyfsl TIM", "easyfsl PTMAP"]  # fmt: skip
 
 
@@ -50,7 +51,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/transductive.json"))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = parser.parse_args()
+    methods = args.methods.split(",")
     torch.set_num_threads(1)  # tiny per-episode problems: threads cost more than they give
     backbone = fewtune.create_backbone()
     rows = []
@@ -62,7 +65,7 @@ def main() -> None:
             rng = np.random.default_rng(args.seed)
             regimes = {"balanced": episodes, "lopsided": [lopsided(e, dataset.labels, rng) for e in episodes]}
             for regime, chosen in regimes.items():
-                for method in METHODS:
+                for method in methods:
                     tool, name = method.split(" ", 1)
                     started = time.perf_counter()
                     if tool == "fewtune":

@@ -37,6 +37,9 @@ STEP = 0.2  #: fraction of the way each centre moves per round (PT-MAP's alpha)
 ROUNDS = 10  #: refinement rounds (PT-MAP's default; 20 gained 0.1-0.6 points on dev episodes)
 SINKHORN_ITERATIONS = 1000
 SINKHORN_TOLERANCE = 1e-4
+#: a batch is taken as balanced when the chi-square statistic of its estimated class counts is below
+#: this quantile of the chi-square distribution for equal counts
+BALANCE_LEVEL = 0.99
 
 
 def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,15 +54,41 @@ def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, b
 
 
 def log_probabilities(
-    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool = False
+    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool | None = None
 ) -> torch.Tensor:
     """(len(batch), num_classes) log-probabilities of each batch input's class, from all of them.
 
     Args:
         support: (n, dim) labelled embeddings; labels: (n,) in ``[0, num_classes)``, every class present.
         batch: (m, dim) unlabelled embeddings, classified together.
-        balanced: assume the batch holds about as many inputs of each class (see the module doc).
+        balanced: assume the batch holds about as many inputs of each class (see the module doc);
+            None: decide from the batch (:func:`looks_balanced` on the estimated class proportions).
     """
+    if balanced is not None:
+        return _refine(support, labels, num_classes, batch, balanced)[0]
+    estimated, weights = _refine(support, labels, num_classes, batch, False)
+    if looks_balanced(weights, len(batch)):
+        return _refine(support, labels, num_classes, batch, True)[0]
+    return estimated
+
+
+def balance_statistic(weights: torch.Tensor, batch_size: int) -> float:
+    """Pearson's chi-square statistic of the estimated class counts against equal counts."""
+    expected = batch_size / len(weights)
+    return float(((weights * batch_size - expected) ** 2 / expected).sum())
+
+
+def looks_balanced(weights: torch.Tensor, batch_size: int) -> bool:
+    """Whether estimated class proportions are consistent with equal class counts."""
+    from scipy.stats import chi2
+
+    return balance_statistic(weights, batch_size) <= float(chi2.ppf(BALANCE_LEVEL, len(weights) - 1))
+
+
+def _refine(
+    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refinement rounds; returns the log-probabilities and the estimated class proportions."""
     known = F.one_hot(labels, num_classes).float()
     support_x, batch_x = transform(support, known, batch, balanced)
     centres = _weighted_means(known, support_x)
@@ -78,7 +107,7 @@ def log_probabilities(
             weights = assigned.mean(dim=0).clamp_min(1e-3)
             weights = weights / weights.sum()
         centres = centres + STEP * (_weighted_means(torch.cat([known, assigned]), everything) - centres)
-    return assign(centres)
+    return assign(centres), weights
 
 
 def _weighted_means(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,8 @@ class Prototype(Strategy):
     def __init__(self, temperature: float = 0.1, transductive: bool | str = False):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if transductive not in (False, True, "balanced"):
-            raise ValueError(f"transductive must be false, true or 'balanced', got {transductive!r}")
+        if transductive not in (False, True, "balanced", "proportions"):
+            raise ValueError(f"transductive must be false, true, 'balanced' or 'proportions', got {transductive!r}")
         self.temperature = float(temperature)
         self.transductive = transductive
         self.support: torch.Tensor | None = None  # (n, dim), kept for transduction
@@ -56,7 +56,7 @@ class Prototype(Strategy):
             raise RuntimeError("call fit() before logits()")
         if not self.transductive or len(features) < 2:
             return normalize(features) @ self.prototypes.T / self.temperature
-        balanced = self.transductive == "balanced"
+        balanced = {True: None, "balanced": True, "proportions": False}[self.transductive]
         return transduction.log_probabilities(self.support, self.support_labels, len(self.prototypes), features, balanced)
 
     def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
