@@ -18,7 +18,9 @@ same ones for both. Then the speed and memory rows of every system (``bench/syst
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,7 +100,22 @@ def transductive(method: str) -> bool:
     return method.split()[-1] in ("BDCSPN", "TIM", "PTMAP") or "transductive=" in method
 
 
+def require_bench_extra() -> None:
+    """Stop at once, saying what to install, when a peer library is missing (not after minutes of embedding)."""
+    missing = []
+    for module in ("easyfsl", "sklearn", "fastai"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ValueError:  # in sys.modules as None: deliberately unimportable
+            found = False
+        if not found:
+            missing.append(module)
+    if missing:
+        sys.exit(f"bench/peers.py compares against {', '.join(missing)}: install them with pip install -e \".[bench]\"")
+
+
 def main() -> None:
+    require_bench_extra()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", type=Path, required=True)
     parser.add_argument("--episodes", type=int, default=600)

@@ -4,19 +4,53 @@ One SQLite file per backbone fingerprint (architecture + weights hash + preproce
 per image keyed by the sha256 of the file's bytes: renaming or moving a file still hits, and
 editing it misses. SQLite makes concurrent writers safe; an unreadable row or file is dropped and
 recomputed, never fatal.
+
+The folder is bounded: past ``$FEWTUNE_CACHE_MAX_MB`` (default 2048 MB) in all, the rows used
+least recently are dropped, so a cache can't fill a disk. When a row was last written or read is
+kept in a small table of its own: recording a read then rewrites a few bytes, not the 5 KB row. ``fewtune cache info`` and ``fewtune cache clear`` look at and empty it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fewtune.errors import FewtuneError
+
 log = logging.getLogger(__name__)
+
+#: Size cap of the cache folder when ``$FEWTUNE_CACHE_MAX_MB`` is not set.
+DEFAULT_MAX_MB = 2048
+#: Eviction goes this far below the cap, so that not every later write has to evict again.
+_EVICT_TO = 0.9
+_PATTERN = "features-*.sqlite"
+
+
+def max_cache_bytes() -> int:
+    """The cap in bytes: ``$FEWTUNE_CACHE_MAX_MB`` megabytes (0 keeps nothing), else :data:`DEFAULT_MAX_MB`.
+
+    Raises:
+        FewtuneError: the variable is not a number of megabytes >= 0.
+    """
+    text = os.environ.get("FEWTUNE_CACHE_MAX_MB", "").strip()
+    if not text:
+        return DEFAULT_MAX_MB * 1024 * 1024
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not math.isfinite(megabytes) or megabytes < 0:
+        raise FewtuneError(f"FEWTUNE_CACHE_MAX_MB={text!r}: expected a size in megabytes >= 0, e.g. 2048; unset it for the default")
+    return int(megabytes * 1024 * 1024)
 
 
 def default_cache_dir() -> Path:
@@ -31,9 +65,10 @@ def default_cache_dir() -> Path:
 class FeatureCache:
     """Embeddings of one backbone, stored as float32 rows of a fixed size."""
 
-    def __init__(self, directory: str | Path, fingerprint: str, dim: int):
+    def __init__(self, directory: str | Path, fingerprint: str, dim: int, max_bytes: int | None = None):
         self.path = Path(directory) / f"features-{fingerprint[:24]}.sqlite"
         self.dim = dim
+        self.max_bytes = max_cache_bytes() if max_bytes is None else max_bytes
         self._db: sqlite3.Connection | None = None
         try:
             self._db = self._open()
@@ -43,8 +78,12 @@ class FeatureCache:
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only: lets eviction shrink it
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE IF NOT EXISTS features (sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        # rows of a cache from before the cap have no entry here: they count as used longest ago
+        db.execute("CREATE TABLE IF NOT EXISTS used (sha256 TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.execute("CREATE INDEX IF NOT EXISTS used_at ON used (at)")
         db.execute("SELECT count(*) FROM features").fetchone()  # fails here if the file is garbage
         return db
 
@@ -77,23 +116,137 @@ class FeatureCache:
                         vector = np.frombuffer(blob, dtype=np.float32)
                         if np.isfinite(vector).all():
                             found[key] = vector
+            self._touch(list(found))
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
             return {}
         return found
 
+    def _touch(self, keys: list[str]) -> None:
+        """Mark rows as used now: eviction drops the least recently used first."""
+        if not keys or self._db is None:
+            return
+        now = time.time()
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key in keys])
+        except sqlite3.OperationalError as exc:  # busy: the time of use is advisory, the rows are fine
+            log.info("feature cache: could not record use (%s)", exc)
+
     def put_many(self, rows: dict[str, np.ndarray]) -> None:
         if self._db is None or not rows:
             return
+        now = time.time()
         data = [(key, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for key, v in rows.items()]
         try:
             with self._db:  # one transaction: a crash leaves all or none of these rows
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", data)
+                self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key, _ in data])
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
+            return
+        try:
+            self._evict()
+        except sqlite3.OperationalError as exc:  # busy: the next write evicts
+            log.info("feature cache: eviction postponed (%s)", exc)
+
+    def _evict(self) -> None:
+        """Past the cap (this file's live pages plus the other cache files on disk), drop this file's
+        least recently used rows down to 90% of it, and give the freed pages back to the disk."""
+        assert self._db is not None
+        others = sum(_size_on_disk(p) for p in _cache_files(self.path.parent) if p != self.path)
+        page_size, pages, free = (self._db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count"))
+        live = (pages - free) * page_size
+        if live + others <= self.max_bytes:
+            return
+        rows = self._db.execute("SELECT count(*) FROM features").fetchone()[0]
+        if rows == 0:
+            return
+        keep_bytes = max(0.0, _EVICT_TO * self.max_bytes - others)
+        drop = min(rows, math.ceil((live - keep_bytes) / (live / rows)))
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS dropped (sha256 TEXT PRIMARY KEY)")
+            self._db.execute("DELETE FROM dropped")
+            self._db.execute(
+                "INSERT INTO dropped SELECT f.sha256 FROM features f LEFT JOIN used u ON u.sha256 = f.sha256 "
+                "ORDER BY coalesce(u.at, 0) LIMIT ?",
+                (drop,),
+            )
+            self._db.execute("DELETE FROM features WHERE sha256 IN (SELECT sha256 FROM dropped)")
+            self._db.execute("DELETE FROM used WHERE sha256 IN (SELECT sha256 FROM dropped)")
+        self._db.execute("PRAGMA incremental_vacuum")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        log.info("feature cache over %d MB: dropped the %d least recently used rows", self.max_bytes >> 20, drop)
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _cache_files(directory: Path) -> list[Path]:
+    """fewtune's files in the cache folder: one per backbone, and corrupt ones set aside."""
+    return sorted(directory.glob(_PATTERN)) + sorted(directory.glob("features-*.corrupt"))
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of a cache file with its write-ahead log; 0 if it vanished meanwhile."""
+    total = 0
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            total += file.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+@dataclass(frozen=True)
+class CacheFile:
+    """One backbone's cache file, as ``fewtune cache info`` shows it."""
+
+    path: Path
+    rows: int | None  # None: unreadable (it will be replaced on next use)
+    bytes: int
+    last_used: float | None
+
+
+def describe(directory: str | Path) -> list[CacheFile]:
+    """The cache files in ``directory`` (set aside corrupt ones included), largest first."""
+    directory = Path(directory)
+    found = []
+    for path in _cache_files(directory):
+        rows, last = None, None
+        if path.suffix == ".sqlite":
+            try:
+                with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+                    rows = db.execute("SELECT count(*) FROM features").fetchone()[0]
+                    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    if "used" in tables:  # a cache from before the cap has none
+                        last = db.execute("SELECT max(at) FROM used").fetchone()[0]
+            except sqlite3.DatabaseError:
+                rows = None
+        found.append(CacheFile(path, rows, _size_on_disk(path), last or None))
+    return sorted(found, key=lambda f: -f.bytes)
+
+
+def clear(directory: str | Path) -> tuple[int, int]:
+    """Delete fewtune's cache files in ``directory`` (nothing else there), returning (files, bytes) freed.
+
+    A run using the cache meanwhile keeps its open file until it ends, then the space is freed.
+    """
+    files, freed = 0, 0
+    for entry in describe(directory):
+        for file in (entry.path, Path(f"{entry.path}-wal"), Path(f"{entry.path}-shm")):
+            try:
+                size = file.stat().st_size
+                file.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise FewtuneError(f"{file}: cannot delete ({exc.strerror}); check its permissions") from None
+            freed += size
+        files += 1
+    return files, freed

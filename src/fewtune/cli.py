@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fewtune._version import __version__
 from fewtune.errors import FewtuneError
+from fewtune.outputs import check_model_output, save_error
 from fewtune.progress import ProgressBar
 
 app = typer.Typer(
@@ -30,8 +31,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console()  # results: stdout
-err = Console(stderr=True, soft_wrap=True)  # progress, summaries and errors: stderr, so --json output stays clean
+# Paths, labels and class names are the user's, and may hold "[/]" or "[bold red]": markup is off
+# everywhere (tables included) and a site that styles text opts in with markup=True, escaping each value.
+out = Console(markup=False)  # results: stdout
+err = Console(stderr=True, soft_wrap=True, markup=False)  # progress, summaries and errors: stderr, so --json output stays clean
 
 
 def _version(value: bool) -> None:
@@ -141,6 +144,7 @@ def train(
         found.plot(lr_find)
         out.print(f"suggested --lr {found.suggestion:.2g} (steepest loss descent; curve saved to {lr_find})", highlight=False)
         return
+    check_model_output(output)  # now, not after minutes of training
     checkpoint = output.with_name(f"{output.name}.checkpoint")
     if resume and not (checkpoint / "state.json").is_file():
         raise FewtuneError(f"--resume: no checkpoint at {checkpoint}; train without --resume")
@@ -154,18 +158,26 @@ def train(
     except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
         err.print(f"interrupted: {exc}" if str(exc) else "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    classifier.save(output)
+    _save(classifier, output)
     shutil.rmtree(checkpoint, ignore_errors=True)  # the saved classifier supersedes it
     if not quiet:
         _print_training_summary(classifier, output)
+
+
+def _save(classifier, path: Path) -> None:
+    try:
+        classifier.save(path)
+    except OSError as exc:
+        raise save_error(path, exc) from None
 
 
 def _print_training_summary(classifier, output: Path) -> None:
     summary, fit, strategy = classifier.training, classifier.fit_report, classifier.strategy.name
     counts = summary["per_class"]
     err.print(
-        f"trained [bold]{strategy}[/] on {len(counts)} classes, {summary['images']} images "
-        f"({summary['embeddings_from_cache']} embeddings from cache) in {summary['seconds']:.1f} s -> [bold]{output}[/]"
+        f"trained [bold]{escape(strategy)}[/] on {len(counts)} classes, {summary['images']} images "
+        f"({summary['embeddings_from_cache']} embeddings from cache) in {summary['seconds']:.1f} s -> [bold]{escape(str(output))}[/]",
+        markup=True,
     )
     err.print("  examples per class: " + ", ".join(f"{name} {n}" for name, n in counts.items()), highlight=False)
     for line in _describe_fit(fit):
@@ -173,13 +185,17 @@ def _print_training_summary(classifier, output: Path) -> None:
     err.print(f"  {_describe_calibration(classifier.calibration)}", highlight=False)
     err.print(f"  {_describe_open_set(classifier.open_set)}", highlight=False)
     if summary["skipped_non_images"]:
-        err.print(f"  skipped {summary['skipped_non_images']} non-image or hidden files")
+        err.print(
+            f"  skipped {summary['skipped_non_images']} entries that are not image files (other or hidden files, "
+            "FIFOs, sockets, broken or looping links, folders named like images)"
+        )
     for bad in summary["bad_images"]:
-        err.print(f"  [yellow]skipped bad image[/] {bad['error']}", highlight=False)
+        err.print(f"  [yellow]skipped bad image[/] {escape(bad['error'])}", highlight=False, markup=True)
     for dup in summary["duplicates_across_classes"]:
         err.print(
-            f"  [yellow]warning:[/] identical files under classes {', '.join(dup['classes'])}: {', '.join(dup['paths'])}",
+            f"  [yellow]warning:[/] identical files under classes {escape(', '.join(dup['classes']))}: {escape(', '.join(dup['paths']))}",
             highlight=False,
+            markup=True,
         )
 
 
@@ -301,17 +317,15 @@ def predict(
             others = ", ".join(f"{name} {s:.2f}" for name, s in p.top_k[1:])
             table.add_row(p.path, label, f"{p.score:.3f}", f"{p.novelty:.3f}", *([others] if top_k > 1 else []))
         out.print(table)
-    if skip_bad and not quiet:
-        predicted = {p.path for p in predictions}
-        skipped = len(set(map(str, _expand(inputs)))) - len(predicted)
-        if skipped:
+    if not quiet:
+        from fewtune.dataset import find_inputs
+
+        paths, left_out = find_inputs(inputs)
+        skipped = len(set(map(str, paths))) - len({p.path for p in predictions})
+        if skip_bad and skipped:
             err.print(f"skipped {skipped} unreadable images")
-
-
-def _expand(inputs: list[str]) -> list[Path]:
-    from fewtune.dataset import collect_inputs
-
-    return collect_inputs(inputs)
+        if left_out:
+            err.print(f"skipped {left_out} entries that are not image files (other or hidden files, FIFOs, sockets, broken or looping links, folders)")
 
 
 @app.command()
@@ -328,7 +342,8 @@ def info(
         return
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training", {})
     counts = training.get("per_class", {})
-    out.print(f"[bold]{model}[/]  (format {config['format_version']}, fewtune {config['fewtune_version']})", highlight=False)
+    versions = f"format {config['format_version']}, fewtune {config['fewtune_version']}"
+    out.print(f"[bold]{escape(str(model))}[/]  ({escape(versions)})", highlight=False, markup=True)
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     out.print(f"  strategy:  {strategy['name']} {settings}", highlight=False)
     for line in _describe_fit(strategy.get("fit", {})):
@@ -542,9 +557,10 @@ def add(
     from fewtune.classifier import load
 
     classifier = load(model)
+    check_model_output(model)
     existed = label in classifier.classes
     added = classifier.add_examples(label, inputs, progress=not quiet)
-    classifier.save(model)
+    _save(classifier, model)
     if not quiet:
         verb = "added" if not existed else "extended"
         count = classifier.training["per_class"][label]
@@ -561,8 +577,9 @@ def remove(
     from fewtune.classifier import load
 
     classifier = load(model)
+    check_model_output(model)
     classifier.remove_class(label)
-    classifier.save(model)
+    _save(classifier, model)
     if not quiet:
         err.print(f"removed class {label!r}; {len(classifier.classes)} classes left -> {model}", highlight=False)
 
@@ -611,6 +628,8 @@ def demo(
     from fewtune.backbones import create_backbone
     from fewtune.demo import SHOTS, demo_photos, run_demo, run_open_set_demo
 
+    if output:
+        check_model_output(output)
     photos = demo_photos()
     out.print(f"Demo photos: {photos} (Caltech-101, CC BY 4.0)", highlight=False)
     out.print("Teaching one photo per class:", highlight=False)
@@ -637,9 +656,47 @@ def demo(
         highlight=False,
     )
     if output:
-        results[-1].classifier.save(output)
+        _save(results[-1].classifier, output)
         out.print(f"saved the {results[-1].strategy} classifier ({max(SHOTS)} photos per class) to {output}", highlight=False)
     out.print("Next: put a few photos per class in DATA/<class>/ and run `fewtune train DATA -o model.fewtune`.")
+
+
+cache_app = typer.Typer(help="Look at or empty the on-disk cache of image embeddings.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the feature cache is, what it holds and its size cap ($FEWTUNE_CACHE_MAX_MB, default 2048)."""
+    from datetime import datetime, timezone
+
+    from fewtune.cache import default_cache_dir, describe, max_cache_bytes
+
+    folder, cap = default_cache_dir(), max_cache_bytes()
+    files = describe(folder)
+    source = "FEWTUNE_CACHE_MAX_MB" if os.environ.get("FEWTUNE_CACHE_MAX_MB", "").strip() else "default; set FEWTUNE_CACHE_MAX_MB to change"
+    out.print(f"feature cache: {folder}", highlight=False, soft_wrap=True)
+    out.print(f"  size: {_megabytes(sum(f.bytes for f in files))} of {_megabytes(cap)} ({source}); least recently used rows go first", highlight=False, soft_wrap=True)
+    for f in files:
+        rows = "unreadable, replaced on next use" if f.rows is None else f"{f.rows} embeddings"
+        used = f", last used {datetime.fromtimestamp(f.last_used, timezone.utc):%Y-%m-%d %H:%M} UTC" if f.last_used else ""
+        out.print(f"  {f.path.name}: {rows}, {_megabytes(f.bytes)}{used}", highlight=False, soft_wrap=True)
+    if not files:
+        out.print("  empty", highlight=False, soft_wrap=True)
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete the cached embeddings (only fewtune's files in the cache folder); they are recomputed when needed."""
+    from fewtune.cache import clear, default_cache_dir
+
+    folder = default_cache_dir()
+    files, freed = clear(folder)
+    out.print(f"cleared {files} cache files, {_megabytes(freed)} freed in {folder}", highlight=False, soft_wrap=True)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -647,7 +704,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="fewtune")
     except FewtuneError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -656,9 +713,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("FEWTUNE_DEBUG"):
             raise
         err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc} (a bug in fewtune; rerun with FEWTUNE_DEBUG=1 "
+            f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (a bug in fewtune; rerun with FEWTUNE_DEBUG=1 "
             "for the traceback and report it)",
             highlight=False,
             soft_wrap=True,
+            markup=True,
         )
         sys.exit(1)

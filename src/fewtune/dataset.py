@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fewtune.errors import FewtuneError
-from fewtune.images import is_image_path
+from fewtune.images import is_image_path, special_kind
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class Dataset:
     """Image paths with integer labels into ``classes`` (sorted, so the order is reproducible).
 
     Attributes:
-        skipped: files that are not images (or are hidden) and were left out.
+        skipped: entries left out: files that are not images or are hidden, FIFOs, sockets,
+            broken or looping links, folders named like images (``x.jpg/``, whose images are kept).
     """
 
     paths: list[Path]
@@ -72,9 +74,8 @@ def _from_folder(root: Path) -> tuple[dict[str, list[Path]], int]:
     by_class: dict[str, list[Path]] = {}
     skipped = 0
     for folder in folders:
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder))
-        found = [p for p in files if is_image_path(p)]
-        skipped += len(files) - len(found) + sum(1 for p in folder.rglob(".*") if p.is_file())
+        found, left_out = walk_images(folder)
+        skipped += left_out
         if not found:
             raise FewtuneError(
                 f"{folder}: class {folder.name!r} has no images (.jpg, .png, .webp, .bmp, .gif, .tif); "
@@ -84,8 +85,48 @@ def _from_folder(root: Path) -> tuple[dict[str, list[Path]], int]:
     return by_class, skipped
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def walk_images(folder: Path) -> tuple[list[Path], int]:
+    """The visible image files under ``folder`` (sorted), and how many other entries were left out.
+
+    Links to folders are followed, each folder walked once; a link to ``folder`` itself or above it
+    is left out and counted (it would add other classes' images, or loop), so no walk is endless.
+    Entries are judged by ``stat`` alone, never opened: a FIFO named ``x.jpg`` would block the
+    reader. Hidden entries are left out with all they hold.
+    """
+    found: list[Path] = []
+    skipped = 0
+    walked: set[tuple[int, int]] = set()
+    top = folder.resolve()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            status = current.stat()
+            if (status.st_dev, status.st_ino) in walked:
+                skipped += 1
+                continue
+            walked.add((status.st_dev, status.st_ino))
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:  # unreadable folder: left out, counted
+            skipped += 1
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                skipped += 1
+                continue
+            kind = special_kind(path)
+            if kind == "a folder":
+                skipped += is_image_path(path)  # "x.jpg/" is no image, though the images inside it are
+                if entry.is_symlink() and top.is_relative_to(path.resolve()):
+                    skipped += 1  # a link back up
+                else:
+                    stack.append(path)
+            elif kind is None and is_image_path(path):
+                found.append(path)
+            else:  # another file type, or a FIFO, socket, device, broken or looping link
+                skipped += 1
+    return sorted(found), skipped
 
 
 def _from_csv(path: Path) -> tuple[dict[str, list[Path]], int]:
@@ -103,6 +144,8 @@ def _from_csv(path: Path) -> tuple[dict[str, list[Path]], int]:
         if not label or not file:
             raise FewtuneError(f"{path}, line {line}: empty path or label; every row needs both")
         image = Path(file) if Path(file).is_absolute() else path.parent / file
+        if kind := special_kind(image):
+            raise FewtuneError(f"{path}, line {line}: {image} is {kind}, not an image; list one image file per row")
         if not image.is_file():
             raise FewtuneError(f"{path}, line {line}: {image} does not exist; paths are relative to the CSV's folder")
         by_class.setdefault(label, []).append(image)
@@ -115,22 +158,38 @@ def collect_inputs(items: list[str | Path]) -> list[Path]:
     Raises:
         FewtuneError: an item is none of these, e.g. a class label given where a path belongs.
     """
+    return find_inputs(items)[0]
+
+
+def find_inputs(items: list[str | Path]) -> tuple[list[Path], int]:
+    """:func:`collect_inputs`, and how many entries found in folders or globs were left out as no image
+    files (see :func:`walk_images`). A path named outright is kept whatever it is: reading it names the
+    problem ("is a FIFO, not an image file"), or ``--skip-bad`` skips it.
+    """
     paths: list[Path] = []
+    skipped = 0
     for item in items:
         path = Path(item)
-        if path.is_file():
-            paths.append(path)
-        elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p) and not _hidden(p, path))
+        kind = special_kind(path)
+        if kind == "a folder":
+            found, left_out = walk_images(path)
             if not found:
                 raise FewtuneError(f"{path}: folder holds no images (.jpg, .png, .webp, .bmp, .gif, .tif)")
             paths.extend(found)
+            skipped += left_out
+        elif kind is not None or path.is_file():
+            paths.append(path)
         elif matches := sorted(glob.glob(str(item), recursive=True)):
-            paths.extend(Path(m) for m in matches if Path(m).is_file() and is_image_path(Path(m)))
+            for match in map(Path, matches):
+                if special_kind(match) is None and is_image_path(match):
+                    paths.append(match)
+                else:
+                    skipped += 1
         else:
             raise FewtuneError(
                 f"{item!s}: not a file, folder or glob that matches images; predict takes image paths, not labels"
             )
     if not paths:
-        raise FewtuneError("no images to predict: pass image files, folders or glob patterns")
-    return paths
+        found = f" ({skipped} entries matched, none an image file)" if skipped else ""
+        raise FewtuneError(f"no images to predict{found}: pass image files, folders or glob patterns")
+    return paths, skipped

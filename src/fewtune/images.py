@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import stat
 import warnings
 from pathlib import Path
 
@@ -22,6 +24,30 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
 def is_image_path(path: Path) -> bool:
     """True for visible files whose suffix says image; hidden files (``.DS_Store``, ``._x.jpg``) are not."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def special_kind(path: str | Path) -> str | None:
+    """What ``path`` is when it is there but is no regular file: "a folder", "a FIFO", "a socket",
+    "a device", "a symlink loop" or "a broken link"; ``None`` for a regular file or nothing at all.
+
+    Looks with ``stat`` only: opening a FIFO to find out would block until someone writes to it.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        return "a broken link" if path.is_symlink() else None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def decode(data: bytes, source: str | Path, draft_size: int | None = None) -> Image.Image:
@@ -84,7 +110,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def read(path: str | Path) -> bytes:
-    """A file's bytes, or a one-line error naming it."""
+    """A file's bytes, or a one-line error naming it (a FIFO is refused, never opened: that would block)."""
+    if kind := special_kind(path):
+        raise FewtuneError(f"{path}: is {kind}, not an image file; pass image files, or pass --skip-bad to skip such entries")
     try:
         return Path(path).read_bytes()
     except OSError as exc:

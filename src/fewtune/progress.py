@@ -1,4 +1,7 @@
-"""One progress bar for every long loop: rich, on stderr, shown only for work worth watching (> 1 s)."""
+"""One progress bar for every long loop: rich, on stderr, shown only for work worth watching (> 1 s).
+
+Titles are printed as typed (no rich markup): a status may quote a file or class name.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class ProgressBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                 console=Console(stderr=True), transient=True,
             )  # fmt: skip
             self.bar.start()
