@@ -152,7 +152,7 @@ def train(
         classifier = train_classifier(
             data, strategy, backbone=backbone, weights=weights, skip_bad=skip_bad, cache=cache, progress=not quiet,
             open_set=open_set, unknown_label=unknown_label, checkpoint=checkpoint if strategy == "finetune" else None,
-            resume=resume, notify=None if quiet else lambda message: err.print(escape(message), highlight=False),
+            resume=resume, notify=None if quiet else lambda message: err.print(message, highlight=False),
             **hyperparameters,
         )  # fmt: skip
     except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
