@@ -39,7 +39,7 @@ def test_train_predict_info(capsys, colour_data, tmp_path, tiny_flags):
     assert len(results[0]["top_k"]) == 2
 
     code, out, _ = run(capsys, "predict", model, colour_data / "red" / "0.png", "--csv", "-q")
-    assert out.splitlines()[0] == "path,label,score,top_k,is_unknown,novelty" and len(out.splitlines()) == 2
+    assert out.splitlines()[0] == "path,label,score,top_k,is_unknown,novelty,nearest,unknown_probability" and len(out.splitlines()) == 2
 
     code, out, _ = run(capsys, "predict", model, str(colour_data / "*" / "1.png"), "-q")
     assert code == 0 and out.count("1.png") == 3
