@@ -27,6 +27,7 @@ def _noisy_jpeg() -> bytes:
 
 
 NOISY_JPEG = _noisy_jpeg()
+LOCAL = "http://127.0.0.1:8000"  # the server answers to loopback names only (DNS rebinding guard)
 
 
 def files(*items):
@@ -36,7 +37,7 @@ def files(*items):
 @pytest.fixture
 def client(tiny_backbone, tmp_path):
     config = ServerConfig(models_dir=tmp_path / "models", max_image_bytes=200_000)
-    with TestClient(create_app(tiny_backbone, config=config)) as client:
+    with TestClient(base_url=LOCAL, app=create_app(tiny_backbone, config=config)) as client:
         yield client
 
 
@@ -111,7 +112,7 @@ def test_model_names_cannot_escape_the_models_folder(client, tmp_path):
 
 def test_token_guards_write_endpoints(tiny_backbone, tmp_path):
     config = ServerConfig(models_dir=tmp_path, token="s3cret")
-    with TestClient(create_app(tiny_backbone, config=config)) as client:
+    with TestClient(base_url=LOCAL, app=create_app(tiny_backbone, config=config)) as client:
         body = files(("a.png", png(COLOURS["red"])))
         assert client.post("/classes/red/examples", files=body).status_code == 401
         ok = client.post("/classes/red/examples", files=body, headers={"Authorization": "Bearer s3cret"})
@@ -159,7 +160,7 @@ def test_starts_from_a_saved_model(tiny_backbone, colour_data, tmp_path):
     clf.save(tmp_path / "m.fewtune")
     loaded = fewtune.load(tmp_path / "m.fewtune")
     config = ServerConfig(model_path=tmp_path / "m.fewtune")
-    with TestClient(create_app(tiny_backbone, loaded, config)) as client:
+    with TestClient(base_url=LOCAL, app=create_app(tiny_backbone, loaded, config)) as client:
         assert [c["label"] for c in client.get("/classes").json()] == ["blue", "green", "red"]
         image = make_image(tmp_path / "r.png", COLOURS["red"], noise_seed=123).read_bytes()
         assert client.post("/predict", files=files(("r.png", image))).json()[0]["label"] == "red"

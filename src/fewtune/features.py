@@ -3,7 +3,6 @@ backbone runs, and skip all of that for images already in the cache."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,8 +47,10 @@ def build_transform(preprocessing: dict[str, Any]) -> Callable:
     return create_transform(**kwargs, is_training=False)
 
 
-def _hash_file(path: Path) -> str:
-    return hashlib.sha256(images.read(path)).hexdigest()
+def decode_size(preprocessing: dict[str, Any]) -> int:
+    """Smallest side a picture needs before preprocessing (resize to input / crop_pct, then crop),
+    so larger ones can be decoded at reduced scale."""
+    return int(max(preprocessing["input_size"][1:]) / preprocessing["crop_pct"]) + 1
 
 
 def embed_files(
@@ -73,11 +74,11 @@ def embed_files(
     if cache is True:
         cache = FeatureCache(default_cache_dir(), backbone.fingerprint, backbone.dim)
     transform = transform or build_transform(backbone.preprocessing)
-    draft = int(max(backbone.preprocessing["input_size"][1:]) / backbone.preprocessing["crop_pct"]) + 1
+    draft = decode_size(backbone.preprocessing)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        # pass 1: hash every file (bytes are not kept: a folder may hold gigabytes of photos)
-        hashed = list(pool.map(_safe(_hash_file), paths))
+        # pass 1: hash every file, streaming (bytes are not kept: a folder may hold gigabytes of photos)
+        hashed = list(pool.map(_safe(images.sha256_file), paths))
         bad: dict[int, str] = {i: str(h) for i, h in enumerate(hashed) if isinstance(h, FewtuneError)}
         _raise_unless(skip_bad, bad)
         hashes: list[str | None] = [h if isinstance(h, str) else None for h in hashed]
@@ -86,9 +87,9 @@ def embed_files(
         todo = [i for i, h in enumerate(hashes) if h and h not in cached]
 
         def prepare(i: int) -> torch.Tensor:
-            data = images.read(paths[i])
-            hashes[i] = hashlib.sha256(data).hexdigest()  # key the row by the bytes actually embedded
-            return transform(images.decode(data, paths[i], draft_size=draft))
+            # key the row by the bytes actually embedded (the file may have changed since pass 1)
+            hashes[i], picture = images.load_hashed(paths[i], draft_size=draft)
+            return transform(picture)
 
         # pass 2: decode batch b+1 in the pool while the backbone runs on batch b
         new_rows: dict[str, np.ndarray] = {}

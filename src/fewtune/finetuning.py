@@ -345,7 +345,7 @@ class Interrupted(KeyboardInterrupt):
 
 def load_pictures(paths: Sequence[Path]) -> list:
     """Decode every support image once (they are few): each epoch's views come from these."""
-    return [images.decode(images.read(p), p) for p in paths]
+    return [images.load(p) for p in paths]
 
 
 def tune_body(

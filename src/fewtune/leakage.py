@@ -4,7 +4,6 @@ within a few bits."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +38,8 @@ def fingerprint(paths: Sequence[Path]) -> Fingerprints:
 
     def one(path: Path) -> tuple[str, int]:
         try:
-            data = images.read(path)
-            return hashlib.sha256(data).hexdigest(), dhash(images.decode(data, path, draft_size=64))
+            digest, picture = images.load_hashed(path, draft_size=64)
+            return digest, dhash(picture)
         except FewtuneError:
             return f"unreadable:{path}", -1
 

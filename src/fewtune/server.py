@@ -4,36 +4,49 @@ The examples the server has been taught (their embeddings, per label) are the so
 every change builds a new :class:`Classifier` to the side and swaps it in under a lock, so a
 request never sees a half-updated model. The backbone runs in worker threads, never on the event
 loop, and concurrent predictions are batched into one forward pass.
+
+What a client can cost is bounded: request bodies are capped as they stream in (limits.py), uploads
+wait on disk (not in memory) until one of a few decode slots is free, each decode is capped by its
+pixels x bytes per pixel and shrunk to about the backbone's input size at once (images.py), and
+only this server's own page, at a Host name it answers to, may drive it (origins.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
+import secrets
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from fewtune.backbones import Backbone
 from fewtune.classifier import Classifier, OpenSet, check_class_names
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_images
-from fewtune.images import decode
+from fewtune.features import decode_size, embed_images
+from fewtune.images import MAX_DECODE_BYTES, ImageTooLarge, decode, probe_cost
+from fewtune.limits import BodyLimit, DecodeLanes, release_free_memory
+from fewtune.origins import LOOPBACK_HOSTS, OriginGuard
 from fewtune.strategies import create_strategy
 
 LABEL = re.compile(r"^[\w][\w .+\-]{0,62}$")  # letters, digits, _ . + - and spaces; no path separators
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_FILES = 64
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_FILES = 16
 
 
 @dataclass
@@ -44,14 +57,30 @@ class ServerConfig:
         model_path: where `POST /models/save` writes when no name is given (the model it loaded).
         models_dir: folder for named saves; names are validated, so nothing escapes it.
         token: bearer token required on write endpoints, if set.
+        protect_predict: require the token on ``POST /predict`` too (it costs CPU and memory).
         max_image_bytes: uploads larger than this are refused with 413.
+        max_request_bytes: request bodies larger than this are refused with 413, counted as they
+            arrive (also without a Content-Length).
+        max_files: images per request.
+        max_decode_bytes: decoded pixels x bytes per pixel above this are refused with 413.
+        max_decodes: threads decoding ordinary pictures (<= 32 MiB decoded), across all
+            requests; larger ones decode one at a time in their own thread.
+        allow_hosts: Host names the server answers to (DNS rebinding guard); "*" for any.
+        allow_origins: other sites whose pages may send writes (e.g. "https://app.example"); "*" for any.
     """
 
     strategy: str = "prototype"
     model_path: Path | None = None
     models_dir: Path = Path("models")
     token: str | None = None
+    protect_predict: bool = False
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_files: int = MAX_FILES
+    max_decode_bytes: int = MAX_DECODE_BYTES
+    max_decodes: int = 2
+    allow_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
+    allow_origins: list[str] = field(default_factory=list)
     batch_window_s: float = 0.005
     open_set: OpenSet = field(default_factory=OpenSet)
 
@@ -153,14 +182,23 @@ class Batcher:
 def create_app(backbone: Backbone, classifier: Classifier | None = None, config: ServerConfig | None = None):
     """The ASGI app. ``classifier`` seeds it (e.g. a loaded model); without one it starts empty."""
     config = config or ServerConfig()
-    teacher = Teacher(backbone, config, classifier)
-    batcher = Batcher(backbone, config.batch_window_s)
-    app = FastAPI(title="fewtune", version=_version(), description="Teach and test a few-shot image classifier.")
-    app.state.teacher = teacher
 
     def require_token(request: Request) -> None:
-        if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")  # bytes: any header compares
+        if config.token and not secrets.compare_digest(given, f"Bearer {config.token}".encode("utf-8", "surrogateescape")):
             raise HTTPException(401, "this endpoint needs the header 'Authorization: Bearer <token>' given to `fewtune serve --token`")
+
+    teacher = Teacher(backbone, config, classifier)
+    batcher = Batcher(backbone, config.batch_window_s)
+    app = FastAPI(
+        title="fewtune", version=_version(), description="Teach and test a few-shot image classifier.", docs_url=None, redoc_url=None
+    )
+    app.state.teacher = teacher
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(OriginGuard, allow_hosts=config.allow_hosts, allow_origins=config.allow_origins)  # outermost
+    lanes = DecodeLanes(config.max_decodes)
+    draft_size = decode_size(backbone.preprocessing)
+    guard_predict = [Depends(require_token)] if config.protect_predict else []
 
     def valid_label(label: str) -> str:
         label = label.strip()
@@ -172,15 +210,20 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
             raise HTTPException(422, str(exc)) from None
         return label
 
-    async def read_images(request: Request) -> list[tuple[str, bytes]]:
-        """Multipart ``file`` fields, or JSON ``{"images": [{"name": ..., "data": base64}]}``."""
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > config.max_image_bytes * MAX_FILES + 1_000_000:
-            raise HTTPException(413, f"request too large: at most {MAX_FILES} images of {config.max_image_bytes:,} bytes")
+    async def read_images(request: Request) -> list[tuple[str, bytes | BinaryIO]]:
+        """Multipart ``file`` fields, or JSON ``{"images": [{"name": ..., "data": base64}]}``.
+
+        Multipart files stay spooled on disk (starlette keeps 1 MB of each in memory) until their
+        decode slot comes; the body as a whole was capped by :class:`BodyLimit` as it arrived.
+        """
         kind = request.headers.get("content-type", "")
-        items: list[tuple[str, bytes]] = []
+        items: list[tuple[str, bytes | BinaryIO]] = []
+        too_many = f"at most {config.max_files} images per request: send the rest in another request"
         if kind.startswith("multipart/form-data"):
-            form = await request.form(max_files=MAX_FILES)
+            try:
+                form = await request.form(max_files=config.max_files, max_fields=config.max_files + 16)
+            except ClientDisconnect:  # the client left mid-body: nobody reads the answer
+                raise HTTPException(400, "the client disconnected before sending the whole body") from None
             for upload in form.getlist("file"):
                 if isinstance(upload, str):
                     raise HTTPException(422, "each 'file' field must be a file upload")
@@ -188,12 +231,16 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
                     raise HTTPException(413, f"{upload.filename}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
                 if not (upload.content_type or "").startswith("image/"):
                     raise HTTPException(415, f"{upload.filename}: content type {upload.content_type!r} is not an image")
-                items.append((upload.filename or "upload", await upload.read()))
+                items.append((upload.filename or "upload", upload.file))
         elif kind.startswith("application/json"):
             try:
                 body = await request.json()
+                if len(body["images"]) > config.max_files:
+                    raise HTTPException(413, too_many)
                 for entry in body["images"]:
                     items.append((str(entry.get("name", "upload")), base64.b64decode(entry["data"], validate=True)))
+            except ClientDisconnect:
+                raise HTTPException(400, "the client disconnected before sending the whole body") from None
             except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
                 raise HTTPException(422, 'expected JSON {"images": [{"name": "a.jpg", "data": "<base64>"}]}') from None
         else:
@@ -201,15 +248,31 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         if not items:
             raise HTTPException(422, "no images in the request: add at least one 'file' field")
         for name, data in items:
-            if len(data) > config.max_image_bytes:
+            if isinstance(data, bytes) and len(data) > config.max_image_bytes:
                 raise HTTPException(413, f"{name}: larger than {config.max_image_bytes:,} bytes; send a smaller image")
         return items
 
-    def decode_all(items: list[tuple[str, bytes]]) -> list[Image.Image]:
+    def decode_one(name: str, data: bytes | BinaryIO, cost: int) -> Image.Image:
+        if not isinstance(data, bytes):
+            data.seek(0)
         try:
-            return [decode(data, name) for name, data in items]
+            return decode(data, name, draft_size=draft_size, max_bytes=config.max_decode_bytes)
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
         except FewtuneError as exc:
             raise HTTPException(422, str(exc).replace(", or pass --skip-bad to skip such files", "")) from None
+        finally:
+            if cost > lanes.large_above:
+                release_free_memory()
+
+    async def decode_all(items: list[tuple[str, bytes | BinaryIO]]) -> list[Image.Image]:
+        """Decode one by one: a request's pictures wait their turn like everyone else's."""
+        loop = asyncio.get_running_loop()
+        pictures = []
+        for name, data in items:
+            cost = await loop.run_in_executor(lanes.small, probe_cost, data, draft_size)  # header only
+            pictures.append(await loop.run_in_executor(lanes.lane(cost), decode_one, name, data, cost))
+        return pictures
 
     @app.exception_handler(FewtuneError)
     async def _bad_input(request: Request, exc: FewtuneError):
@@ -218,6 +281,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return (resources.files("fewtune") / "static" / "index.html").read_text(encoding="utf-8")
+
+    _add_docs(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -234,13 +299,13 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
             return {"ready": False, "strategy": config.strategy, "classes": list(teacher.counts()), "detail": "teach at least two classes"}
         return {"ready": True, **current.config()}
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=guard_predict)
     async def predict(request: Request, top_k: int = 3, open_set: bool | None = None) -> list[dict[str, Any]]:
         items = await read_images(request)
         current = teacher.classifier  # one reference: later swaps don't affect this request
         if current is None:
             raise HTTPException(409, "teach at least two classes before predicting (POST /classes/{label}/examples)")
-        pictures = await run_in_threadpool(decode_all, items)
+        pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
         predictions = current.predict_features(features, top_k, open_set=open_set)
         return [{**p.to_dict(), "path": name} for p, (name, _) in zip(predictions, items)]
@@ -249,7 +314,7 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     async def add_examples(label: str, request: Request) -> dict[str, Any]:
         label = valid_label(label)
         items = await read_images(request)
-        pictures = await run_in_threadpool(decode_all, items)
+        pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
         await run_in_threadpool(teacher.add, label, features)
         return {"label": label, "added": len(items), "examples": teacher.counts()[label], "ready": teacher.classifier is not None}
@@ -285,6 +350,36 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         return {"saved": str(target)}
 
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the locally installed swagger-ui-bundle (no CDN: fewtune works
+    offline, and a page loading third-party scripts could drive the API); without that package
+    /docs points at /openapi.json."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+
+        @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+        def no_docs() -> str:
+            return (
+                "<!doctype html><title>fewtune API</title><p>The API schema is at <a href='/openapi.json'>/openapi.json</a>. "
+                "For interactive docs here: <code>pip install swagger-ui-bundle</code>.</p>"
+            )
+
+        return
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="fewtune API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # else the page fetches a badge from swagger.io
+        )
 
 
 def _version() -> str:
