@@ -143,3 +143,23 @@ def test_calibration_never_worsens_ece_on_held_out_photos(real_backbone, tmp_pat
         after = expected_calibration_error(classifier.predict_proba_features(features), truth)
         assert after <= before + 1e-9, strategy
         assert "on_search_bound" not in classifier.calibration
+
+
+def test_the_server_measures_a_tuned_models_novelty_on_pretrained_embeddings(tiny_backbone, colour_data, monkeypatch, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fewtune.server import ServerConfig, create_app
+
+    _cross_fit_says(monkeypatch, tuned_correct=3, frozen_correct=1)
+    classifier = fewtune.train(colour_data, backbone=tiny_backbone)
+    assert classifier.pretrained is tiny_backbone
+    image = colour_data / "blue" / "2.png"
+    [expected] = classifier.predict(image)
+    config = ServerConfig(models_dir=tmp_path / "models")
+    with TestClient(create_app(classifier.backbone, classifier, config), base_url="http://127.0.0.1:8000") as client:
+        [served] = client.post("/predict", files=[("file", ("2.png", image.read_bytes(), "image/png"))]).json()
+        assert served["novelty"] == pytest.approx(expected.novelty, abs=1e-4) and served["nearest"] == expected.nearest
+        added = client.post("/classes/teal/examples", files=[("file", ("t.png", image.read_bytes(), "image/png"))])
+        assert added.status_code == 200, added.text
+        [again] = client.post("/predict", files=[("file", ("2.png", image.read_bytes(), "image/png"))]).json()
+        assert again["nearest"] in ("blue", "teal") and not again["is_unknown"]
