@@ -100,3 +100,26 @@ def test_pth_files_load_without_running_code(tmp_path):
     import os
 
     assert "FEWTUNE_PWNED" not in os.environ
+
+
+def test_a_known_weights_file_is_not_read_again(tiny_weights):
+    """The second creation takes hash, preprocessing and size from the memo; the network waits for first use."""
+    first = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    again = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    assert not again.built
+    assert (again.fingerprint, again.dim, again.preprocessing) == (first.fingerprint, first.dim, first.preprocessing)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    assert torch.allclose(again.embed(images), first.embed(images), atol=1e-6) and again.built
+
+
+def test_a_changed_weights_file_is_hashed_again(tmp_path, tiny_weights):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(tiny_weights.read_bytes())
+    before = fewtune.create_backbone("test_efficientnet", weights=path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    state["conv_stem.weight"] = state["conv_stem.weight"] + 1
+    save_file(state, path)
+    after = fewtune.create_backbone("test_efficientnet", weights=path)
+    assert after.built and after.weights_sha256 != before.weights_sha256 == backbones.sha256_file(tiny_weights)

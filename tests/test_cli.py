@@ -28,7 +28,7 @@ def test_train_predict_info(capsys, colour_data, tmp_path, tiny_flags):
     model = tmp_path / "colours.fewtune"
     code, _, err = run(capsys, "train", colour_data, "-o", model, "--strategy", "probe", *tiny_flags)
     assert code == 0, err
-    assert "trained probe on 3 classes, 9 images" in err and "l2_chosen_by=cross-validation" in err
+    assert "trained probe on 3 classes, 9 images" in err and "l2 chosen by cross-validation" in err
 
     code, out, _ = run(capsys, "predict", model, colour_data / "red", "--top-k", "2", "--json", "-q")
     results = json.loads(out)

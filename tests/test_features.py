@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import make_image
+import fewtune
 from fewtune import load_dataset
 from fewtune.cache import FeatureCache
 from fewtune.errors import FewtuneError
@@ -81,3 +82,21 @@ def test_bad_image_stops_or_is_skipped(tiny_backbone, colour_data):
     result = embed_files(tiny_backbone, paths, skip_bad=True)
     assert len(result.kept) == 9 and [p.name for p, _ in result.bad] == ["broken.jpg"]
     assert paths.index(bad) not in result.kept
+
+
+def test_a_warm_train_never_builds_the_backbone(colour_data, tiny_weights):
+    """Every image in the cache: no weights read, no network built, the same classifier."""
+    cold = fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)
+    warm = fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)
+    assert not warm.backbone.built and warm.training["embeddings_computed"] == 0
+    assert torch.equal(warm.support_features, cold.support_features)
+    photo = next(colour_data.glob("red/*"))
+    assert warm.predict([photo])[0].label == "red" and not warm.backbone.built  # cached photo: still no network
+
+
+def test_adding_cached_images_to_a_loaded_classifier_builds_no_backbone(colour_data, tiny_weights, tmp_path):
+    fewtune.train(colour_data, "prototype", backbone="test_efficientnet", weights=tiny_weights).save(tmp_path / "m")
+    loaded = fewtune.load(tmp_path / "m")
+    red = sorted(colour_data.glob("red/*"))
+    assert loaded.add_examples("crimson", red[:2]) == 2  # cached by the training run
+    assert "crimson" in loaded.classes and not loaded.backbone.built

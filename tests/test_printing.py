@@ -44,7 +44,7 @@ def test_markup_in_paths_and_labels_prints_as_typed(capsys, monkeypatch, tmp_pat
 
     code, out, err = run(capsys, "predict", model, data / "[bold red]b" / "[bold red]0.png", "-q")
     assert code == 0, err
-    assert "d[/]ata/[bold red]b/[bold red]0.png" in out and " [bold red]b " in out
+    assert "d[/]ata/[bold red]b/[bold red]0.png\t[bold red]b\t" in out  # piped: one tab-separated row
 
     code, out, _ = run(capsys, "info", model)
     assert code == 0 and out.startswith(f"{model}  (format") and "[bold red]b (2), [red] (2), plain (2)" in out

@@ -119,3 +119,36 @@ def test_auto_at_one_shot_and_bad_candidates():
     assert strategy.fit_report()["chosen"] == "probe" and "one example" in strategy.fit_report()["why"]
     with pytest.raises(FewtuneError, match="candidates must be among"):
         create_strategy("auto", candidates=["auto"])
+
+
+def test_probe_solves_the_same_problem_in_either_form(monkeypatch):
+    """The span-of-the-examples form (few examples) and the direct form (many) find the same head."""
+    from fewtune.strategies import probe
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(30, 50, generator=generator), dim=1).double()
+    y = torch.arange(3).repeat(10)
+    dual = probe._solve(x, y, 3, 1e-2, 1000)
+    monkeypatch.setattr(probe, "DUAL_MAX_N", 0)
+    direct = probe._solve(x, y, 3, 1e-2, 1000)
+    assert len(dual[2]) == 3 * 30 + 3 and len(direct[2]) == 3 * 50 + 3  # really two forms
+    assert torch.allclose(dual[0], direct[0], atol=1e-4) and torch.allclose(dual[1], direct[1], atol=1e-4)
+
+
+def test_probe_on_many_examples_cross_validates_a_subset_and_holds_out_every_example():
+    from fewtune.strategies import probe
+
+    generator = torch.Generator().manual_seed(4)
+    classes = probe.CV_CLASSES + 10
+    centres = torch.randn(classes, 32, generator=generator)
+    y = torch.arange(classes).repeat_interleave(12)  # 360 > LARGE_N examples
+    x = centres[y] + 0.8 * torch.randn(len(y), 32, generator=generator)
+    assert len(y) > probe.LARGE_N
+    fits = [Probe(), Probe()]
+    for p in fits:
+        p.fit(x, y, classes)
+    held_out = fits[0].held_out_logits(x, y, classes)
+    assert fits[0].fit_report()["l2_chosen_by"] == "cross-validation"
+    assert held_out.shape == (len(y), classes) and (held_out.argmax(1) == y).float().mean() > 0.7
+    assert torch.equal(fits[0].weight, fits[1].weight)  # deterministic
+    assert torch.equal(held_out, fits[1].held_out_logits(x, y, classes))

@@ -1,20 +1,61 @@
 """fewtune: from a handful of labelled images to a classifier you can trust.
 
     >>> clf = fewtune.train("photos/", strategy="probe")   # photos/<class>/*.jpg
-    >>> clf.predict(["a.jpg"])[0].label
+    >>> clf.predict("a.jpg")[0].label                      # or a folder, a PIL image, an array, a list
+    >>> clf.predict_proba(["a.jpg", "b.jpg"])              # (2, n_classes), columns: clf.classes_
     >>> clf.save("fruit.fewtune"); fewtune.load("fruit.fewtune")
+
+The public names are imported on first use (PEP 562), so ``fewtune --help`` and ``--version``
+do not pay for importing torch.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fewtune._version import __version__ as __version__
-from fewtune.backbones import Backbone as Backbone
-from fewtune.backbones import create_backbone as create_backbone
-from fewtune.backbones import list_backbones as list_backbones
-from fewtune.classifier import Classifier as Classifier
-from fewtune.classifier import Prediction as Prediction
-from fewtune.classifier import load as load
-from fewtune.dataset import Dataset as Dataset
-from fewtune.dataset import load_dataset as load_dataset
-from fewtune.errors import FewtuneError as FewtuneError
-from fewtune.strategies import create_strategy as create_strategy
-from fewtune.strategies import list_strategies as list_strategies
-from fewtune.trainer import train as train
+
+_EXPORTS = {
+    "Backbone": "fewtune.backbones",
+    "create_backbone": "fewtune.backbones",
+    "list_backbones": "fewtune.backbones",
+    "Classifier": "fewtune.classifier",
+    "Prediction": "fewtune.classifier",
+    "load": "fewtune.classifier",
+    "Dataset": "fewtune.dataset",
+    "load_dataset": "fewtune.dataset",
+    "FewtuneError": "fewtune.errors",
+    "ImageInput": "fewtune.inputs",
+    "create_strategy": "fewtune.strategies",
+    "list_strategies": "fewtune.strategies",
+    "train": "fewtune.trainer",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from fewtune.backbones import Backbone as Backbone
+    from fewtune.backbones import create_backbone as create_backbone
+    from fewtune.backbones import list_backbones as list_backbones
+    from fewtune.classifier import Classifier as Classifier
+    from fewtune.classifier import Prediction as Prediction
+    from fewtune.classifier import load as load
+    from fewtune.dataset import Dataset as Dataset
+    from fewtune.dataset import load_dataset as load_dataset
+    from fewtune.errors import FewtuneError as FewtuneError
+    from fewtune.inputs import ImageInput as ImageInput
+    from fewtune.strategies import create_strategy as create_strategy
+    from fewtune.strategies import list_strategies as list_strategies
+    from fewtune.trainer import train as train
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fewtune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -11,7 +11,9 @@ import hashlib
 import importlib.util
 import json
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +62,16 @@ def list_backbones() -> list[str]:
 class Backbone:
     """A frozen timm network in eval mode, plus what identifies it exactly.
 
+    The network is built on first use of :attr:`model`: a run whose every image is in the feature
+    cache needs only the identity (name, weights hash, preprocessing, size), never the weights.
+
     Attributes:
         name: the name the user chose (a registry name or a timm architecture).
         timm_name: the timm architecture behind it.
         weights_sha256: hash of the weights file, so a saved classifier can refuse other weights.
         weights_source: where the weights came from (package name or file path), for messages.
         preprocessing: timm's data config (input_size, interpolation, mean, std, crop_pct, crop_mode).
-        model: the network; it keeps its ImageNet classifier when the weights have one.
+        embedding_dim: size of one embedding.
         tuned_sha256: set when the body was fine-tuned (see :meth:`with_tuned_body`): a hash of
             its parameters, so tuned features never mix with pretrained ones in the cache.
     """
@@ -76,13 +81,29 @@ class Backbone:
     weights_sha256: str
     weights_source: str
     preprocessing: dict[str, Any]
-    model: nn.Module
+    embedding_dim: int
     tuned_sha256: str | None = None
+    _model: nn.Module | None = field(default=None, repr=False, compare=False)
+    _build: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model(self) -> nn.Module:
+        """The network (it keeps its ImageNet classifier when the weights have one), built on first use."""
+        if self._model is None:
+            if self._build is None:
+                raise RuntimeError("backbone has neither a model nor a way to build one")
+            self._model = self._build()
+        return self._model
+
+    @property
+    def built(self) -> bool:
+        """Whether the network is in memory (False after a run served wholly from the cache)."""
+        return self._model is not None
 
     @property
     def dim(self) -> int:
         """Size of one embedding."""
-        return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        return self.embedding_dim
 
     @property
     def fingerprint(self) -> str:
@@ -109,24 +130,25 @@ class Backbone:
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> Backbone:
-    """Build a pretrained backbone by name, offline.
+    """Pretrained backbone by name, offline; the network itself is built when first needed.
+
+    The weights hash, preprocessing and embedding size are remembered per weights file (see
+    :mod:`fewtune.weights_memo`), so a run served from the feature cache neither reads the
+    weights nor imports timm. The first time a file is seen it is read and checked here.
 
     Args:
         name: a registered name (see :func:`list_backbones`) or any timm architecture.
         weights: a local ``.safetensors`` / ``.pth`` file. Required for unregistered names;
             for registered ones it replaces the packaged weights.
     """
-    import timm  # heavy import, kept off `import fewtune`
+    from fewtune.cache import default_cache_dir
+    from fewtune.weights_memo import WeightsMemo, memo_key
 
     spec = REGISTRY.get(name)
     timm_name = spec.timm_name if spec else name
-    if timm_name not in timm.list_models():
-        raise FewtuneError(
-            f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, "
-            "or a timm architecture name (see timm.list_models()) with --weights FILE"
-        )
     if weights is None:
         if spec is None:
+            _check_architecture(name, timm_name)
             raise FewtuneError(
                 f"backbone {name!r} has no packaged weights: pass --weights FILE (.safetensors or .pth), "
                 f"or use one of {', '.join(list_backbones())}"
@@ -135,7 +157,44 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     else:
         weights_path = Path(weights).expanduser().resolve()
         source = str(weights_path)
+    if not weights_path.is_file():
+        raise FewtuneError(f"{weights_path}: weights file not found; pass the path of a .safetensors or .pth file")
 
+    build = partial(_build_model, name, spec, timm_name, weights_path)
+    memo, key = WeightsMemo(default_cache_dir()), memo_key(timm_name, weights_path)
+    facts = memo.get(key)
+    model = None
+    if facts is None:
+        model = build()  # a new or changed file: read and check it now, not at the first cache miss
+        facts = {"weights_sha256": sha256_file(weights_path), "preprocessing": _preprocessing(model), "dim": _model_dim(model)}
+        memo.put(key, facts)
+    return Backbone(
+        name=name,
+        timm_name=timm_name,
+        weights_sha256=facts["weights_sha256"],
+        weights_source=source,
+        preprocessing=facts["preprocessing"],
+        embedding_dim=int(facts["dim"]),
+        _model=model,
+        _build=build,
+    )
+
+
+def _check_architecture(name: str, timm_name: str) -> None:
+    import timm  # heavy import, kept off `import fewtune` and off warm runs
+
+    if timm_name not in timm.list_models():
+        raise FewtuneError(
+            f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, "
+            "or a timm architecture name (see timm.list_models()) with --weights FILE"
+        )
+
+
+def _build_model(name: str, spec: BackboneSpec | None, timm_name: str, weights_path: Path) -> nn.Module:
+    """Create the timm network and load the weights strictly, in eval mode, frozen, channels-last."""
+    import timm
+
+    _check_architecture(name, timm_name)
     state = _read_state_dict(weights_path)
     model = timm.create_model(timm_name, pretrained=False)
     if spec is not None and spec.key_format == "lukemelas" and any(k.startswith("_blocks.") for k in state):
@@ -144,10 +203,14 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     # channels-last: oneDNN's convolutions run faster on CPU in this layout (a batch of 32 forward:
     # 0.83 s against 1.3 s, interleaved runs; fine-tuning steps about 25% faster). Saved weights
     # are made contiguous, so files and hashes do not depend on it.
-    model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+
+def _preprocessing(model: nn.Module) -> dict[str, Any]:
+    import timm
 
     config = timm.data.resolve_model_data_config(model)
-    preprocessing = {
+    return {
         "input_size": list(config["input_size"]),
         "interpolation": config["interpolation"],
         "mean": [float(x) for x in config["mean"]],
@@ -155,14 +218,10 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
         "crop_pct": float(config["crop_pct"]),
         "crop_mode": config.get("crop_mode", "center"),
     }
-    return Backbone(
-        name=name,
-        timm_name=timm_name,
-        weights_sha256=sha256_file(weights_path),
-        weights_source=source,
-        preprocessing=preprocessing,
-        model=model,
-    )
+
+
+def _model_dim(model: nn.Module) -> int:
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def _packaged_weights(spec: BackboneSpec) -> Path:

@@ -78,8 +78,17 @@ def fit_on(
 ) -> Callable[[list[int]], torch.Tensor]:
     """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``; returns
     how to get the features of other items: re-embedded when the strategy fine-tuned the backbone."""
+    return fit_with_backbone(strategy, features, support, labels, num_classes, images)[0]
+
+
+def fit_with_backbone(
+    strategy: Strategy, features: torch.Tensor, support: list[int], labels: torch.Tensor, num_classes: int, images: Images | None
+) -> tuple[Callable[[list[int]], torch.Tensor], Backbone | None]:
+    """:func:`fit_on`, also returning the backbone a new image goes through (the tuned one after
+    fine-tuning; ``images.backbone`` otherwise): what `compare` times predictions with."""
     support_features = features[support]
     embed: Callable[[list[int]], torch.Tensor] = lambda items: features[items]  # noqa: E731
+    backbone = images.backbone if images is not None else None
     if strategy.needs_images:
         if images is None:
             raise FewtuneError(f"strategy {strategy.name!r} learns from the images: benchmark it from a dataset folder")
@@ -88,8 +97,9 @@ def fit_on(
         if tuned is not images.backbone:  # tuned features belong to this fit alone: not worth caching
             support_features = embed_files(tuned, paths, cache=False).features
             embed = lambda items: embed_files(tuned, [images.paths[i] for i in items], cache=False).features  # noqa: E731
+            backbone = tuned
     strategy.fit(support_features, labels, num_classes)
-    return embed
+    return embed, backbone
 
 
 def episode_accuracy(spec: str, features: torch.Tensor, labels: list[int], episode: Episode, images: Images | None = None) -> float:

@@ -29,9 +29,8 @@ from safetensors.torch import load_file, save_file
 from fewtune._version import __version__
 from fewtune.backbones import REGISTRY, Backbone, create_backbone, state_sha256
 from fewtune.calibration import fit_temperature
-from fewtune.dataset import collect_inputs
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_files
+from fewtune.inputs import ImageInput, embed_items, expand
 from fewtune.openset import calibrate_threshold, novelty, unknown_probability
 from fewtune.strategies import Prototype, Strategy, create_strategy
 from fewtune.strategies.base import class_means
@@ -106,7 +105,7 @@ class OpenSet:
     calibration: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(repr=False)
 class Classifier:
     """Classifies images into ``classes``; build one with :func:`fewtune.train` or :func:`fewtune.load`.
 
@@ -140,6 +139,21 @@ class Classifier:
         """The support embeddings novelty is measured against: never ones a tuned body was trained on."""
         return self.support_features if self.pretrained_support is None else self.pretrained_support
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class names as scikit-learn names them: the columns of :meth:`predict_proba`."""
+        return np.array(self.classes, dtype=object)
+
+    def __repr__(self) -> str:
+        """One line: the default dataclass repr printed every support embedding (18 KB)."""
+        shown = ", ".join(repr(c) for c in self.classes[:5]) + (f", ... ({len(self.classes)} in all)" if len(self.classes) > 5 else "")
+        chosen = self.fit_report.get("chosen")
+        strategy = f"{self.strategy.name!r}" + (f" (chose {chosen!r})" if chosen else "")
+        return (
+            f"Classifier(strategy={strategy}, classes=[{shown}], backbone={self.backbone.name!r}, "
+            f"examples={len(self.support_labels)})"
+        )
+
     def refit(self) -> None:
         """Fit the strategy, the temperature and the unknown threshold on the support set.
 
@@ -165,18 +179,24 @@ class Classifier:
         threshold, how = calibrate_threshold(self.novelty_support, labels, num_classes)
         self.open_set = replace(self.open_set, threshold=threshold, calibration=how)
 
-    def embed(self, paths: list[Path], *, skip_bad: bool = False, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Embeddings of image files for the strategy and for novelty (the same tensor unless the
-        body was fine-tuned), and the indices of the files kept (all unless ``skip_bad``)."""
-        embedded = embed_files(self.backbone, paths, skip_bad=skip_bad, progress=progress)
+    def embed(
+        self, inputs: ImageInput | list[ImageInput], *, skip_bad: bool = False, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Embeddings of the inputs for the strategy and for novelty (the same tensor unless the
+        body was fine-tuned), and the indices (into ``expand(inputs)``) of the images kept: all
+        unless ``skip_bad``."""
+        items = expand(inputs)
+        features, kept = embed_items(self.backbone, items, skip_bad=skip_bad, progress=progress)
+        position = {id(item): i for i, item in enumerate(items)}
+        indices = [position[id(item)] for item in kept]
         if self.pretrained is None:
-            return embedded.features, embedded.features, embedded.kept
-        kept = [paths[i] for i in embedded.kept]
-        return embedded.features, embed_files(self.pretrained, kept, progress=progress).features, embedded.kept
+            return features, features, indices
+        pretrained, _ = embed_items(self.pretrained, kept, progress=progress)
+        return features, pretrained, indices
 
     def predict(
         self,
-        inputs: list[str | Path] | str | Path,
+        inputs: ImageInput | list[ImageInput],
         top_k: int = 1,
         *,
         skip_bad: bool = False,
@@ -186,22 +206,25 @@ class Classifier:
         unknown_label: str | None = None,
         transductive: bool | str = False,
     ) -> list[Prediction]:
-        """Classify image files, folders or glob patterns.
+        """Classify images: files, folders, glob patterns, or pictures in memory.
 
         Args:
+            inputs: one of, or a list mixing: a path, a folder (recursive), a glob, a ``PIL.Image``,
+                a NumPy H x W x C (or H x W) uint8 array, a torch C x H x W tensor (uint8, or float in
+                [0, 1]). Results are in input order; a picture in memory is named ``<image N>``.
             skip_bad: leave unreadable files out of the result instead of raising.
             open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet` settings.
             transductive: classify the inputs together, with the classes refined on them: ``True``,
                 or ``"balanced"`` when the inputs hold about as many images of each class (see
                 :mod:`fewtune.transduction`); best for a batch of many unlabelled images.
         """
-        paths = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-        features, pretrained, kept = self.embed(paths, skip_bad=skip_bad, progress=progress)
+        items = expand(inputs)
+        features, pretrained, kept = self.embed(items, skip_bad=skip_bad, progress=progress)
         predictions = self.predict_features(
             features, top_k, open_set=open_set, unknown_threshold=unknown_threshold,
             unknown_label=unknown_label, transductive=transductive, pretrained_features=pretrained,
         )  # fmt: skip
-        return [replace(p, path=str(paths[i])) for p, i in zip(predictions, kept)]
+        return [replace(p, path=items[i].name) for p, i in zip(predictions, kept)]
 
     def predict_features(
         self,
@@ -250,10 +273,13 @@ class Classifier:
             )
         return results
 
-    def predict_proba(self, inputs: list[str | Path]) -> np.ndarray:
-        """(n, num_classes) calibrated probabilities, columns in the order of ``classes``."""
-        embedded = embed_files(self.backbone, collect_inputs(list(inputs)))
-        return self.predict_proba_features(embedded.features).numpy()
+    def predict_proba(self, inputs: ImageInput | list[ImageInput]) -> np.ndarray:
+        """(n, num_classes) calibrated probabilities, columns in the order of ``classes_``.
+
+        Takes what :meth:`predict` takes; one row per image, in input order (a folder gives a row per file).
+        """
+        features, _ = embed_items(self.backbone, expand(inputs))
+        return self.predict_proba_features(features).numpy()
 
     def predict_proba_features(self, features: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities from embeddings already computed by this classifier's backbone."""
@@ -268,14 +294,14 @@ class Classifier:
             return torch.empty(0)
         return novelty(features, class_means(self.novelty_support, self.support_labels, len(self.classes)))
 
-    def add_examples(self, label: str, inputs: list[str | Path], *, progress: bool = False) -> int:
+    def add_examples(self, label: str, inputs: ImageInput | list[ImageInput], *, progress: bool = False) -> int:
         """Add a class from one or more examples, or more examples to a class, and refit.
 
         Exact for ``prototype``; ``probe`` refits its head on the stored embeddings, in seconds.
         Returns how many images were added.
         """
         check_class_names([*self.classes, label], self.open_set.unknown_label)
-        features, pretrained, kept = self.embed(collect_inputs(list(inputs)), progress=progress)
+        features, pretrained, kept = self.embed(inputs, progress=progress)
         self.add_features(label, features, pretrained_features=pretrained)
         return len(kept)
 

@@ -209,7 +209,7 @@ def _describe_fit(fit: dict) -> list[str]:
         if skipped := fit.pop("fine-tuning", None):
             lines.append(f"body not fine-tuned: {skipped.get('why', '')}")
     if "body" not in fit:
-        return lines + (["fit: " + ", ".join(f"{k}={v}" for k, v in fit.items())] if fit else [])
+        return lines + (["fit: " + _human_settings(fit)] if fit else [])
     body, head = fit["body"], fit["head"]
     lines.append(f"body: unfreeze {body.get('unfreeze', 'none')} ({body.get('why', 'as saved')})")
     if result := body.get("result"):
@@ -220,6 +220,26 @@ def _describe_fit(fit: dict) -> list[str]:
         )
     lines.append(f"head: {'trained' if head['trained'] else 'imprinted from the class prototypes'} ({head['why']})")
     return lines
+
+
+def _human(value: object) -> str:
+    """A setting as a person would write it: 0.001, yes, 0.01 / 0.1, (a → 1, b → 2); never a Python repr."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return " / ".join(_human(v) for v in value)
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k} → {_human(v)}" for k, v in value.items()) + ")"
+    return str(value)
+
+
+def _human_settings(settings: dict) -> str:
+    """``l2 auto, folds 5, l2 grid 0.0001 / 0.001``: names without underscores, values by :func:`_human`."""
+    return ", ".join(f"{str(k).replace('_', ' ')} {_human(v)}" for k, v in settings.items())
 
 
 def _describe_calibration(calibration: dict) -> str:
@@ -235,7 +255,7 @@ def _describe_open_set(settings) -> str:
     if not settings.enabled:
         return f"open set: off (--closed-set); novelty threshold {settings.threshold:.3f} if turned on"
     return (
-        f"open set: inputs with novelty > {settings.threshold:.3f} are {settings.unknown_label!r} "
+        f"open set: inputs with novelty > {settings.threshold:.3f} are \"{settings.unknown_label}\" "
         f"({settings.calibration.get('method', '')})"
     )
 
@@ -243,7 +263,9 @@ def _describe_open_set(settings) -> str:
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="A classifier folder saved by `fewtune train`.")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns; - reads paths from stdin, one a line.")
+    ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many best classes to show per image.")] = 1,
     as_json: Annotated[
         bool,
@@ -292,6 +314,7 @@ def predict(
         raise FewtuneError("--json and --csv both given; choose one output format")
     if balanced and not transductive:
         raise FewtuneError("--balanced is an assumption of --transductive: add --transductive, or drop --balanced")
+    inputs = _with_stdin(inputs)
     classifier = load(model)
     predictions = classifier.predict(
         inputs, top_k=top_k, skip_bad=skip_bad, progress=not quiet, open_set=open_set, unknown_threshold=unknown_threshold,
@@ -308,15 +331,7 @@ def predict(
             writer.writerow([p.path, p.label, f"{p.score:.6f}", top, str(p.is_unknown).lower(), f"{p.novelty:.6f}", p.nearest, f"{p.unknown_probability:.6f}"])
         sys.stdout.write(buffer.getvalue())
     else:
-        table = Table(box=None)
-        table.add_column("image", overflow="fold")
-        for column in ("label", "score", "novelty", *(["next best"] if top_k > 1 else [])):
-            table.add_column(column)
-        for p in predictions:
-            label = f"{p.label} (nearest: {p.nearest})" if p.is_unknown else p.label  # score: P(unknown), not the nearest's
-            others = ", ".join(f"{name} {s:.2f}" for name, s in p.top_k[1:])
-            table.add_row(p.path, label, f"{p.score:.3f}", f"{p.novelty:.3f}", *([others] if top_k > 1 else []))
-        out.print(table)
+        _print_predictions(predictions, top_k)
     if not quiet:
         from fewtune.dataset import find_inputs
 
@@ -326,6 +341,50 @@ def predict(
             err.print(f"skipped {skipped} unreadable images")
         if left_out:
             err.print(f"skipped {left_out} entries that are not image files (other or hidden files, FIFOs, sockets, broken or looping links, folders)")
+
+
+def _print_predictions(predictions: list, top_k: int) -> None:
+    """A table on a terminal; piped, one tab-separated row per image (a header first), never wrapped."""
+    header = ["image", "label", "score", "novelty", *(["next best"] if top_k > 1 else [])]
+    rows = []
+    for p in predictions:
+        label = f"{p.label} (nearest: {p.nearest})" if p.is_unknown else p.label  # score: P(unknown), not the nearest's
+        others = ", ".join(f"{name} {s:.2f}" for name, s in p.top_k[1:])
+        rows.append([p.path, label, f"{p.score:.3f}", f"{p.novelty:.3f}", *([others] if top_k > 1 else [])])
+    if not sys.stdout.isatty():
+        # tabs and newlines inside a path would break the columns; they are rare enough to escape
+        clean = [[cell.replace("\t", "\\t").replace("\n", "\\n") for cell in row] for row in [header, *rows]]
+        sys.stdout.write("".join("\t".join(row) + "\n" for row in clean))
+        return
+    from rich.text import Text
+
+    table = Table(box=None)
+    table.add_column("image", overflow="fold")
+    for column in header[1:]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # Text: a path with [brackets] is not markup
+    out.print(table)
+
+
+def _with_stdin(inputs: list[str]) -> list[str]:
+    """Replace a ``-`` argument by the paths read from stdin, one a line (blank lines skipped)."""
+    if "-" not in inputs:
+        return inputs
+    listed = [line.rstrip("\r\n") for line in sys.stdin]
+    listed = [line for line in listed if line.strip()]
+    if not listed:
+        raise FewtuneError("-: no paths on stdin; pipe one image path a line, e.g. `find photos -name '*.jpg' | fewtune predict MODEL -`")
+    expanded: list[str] = []
+    for item in inputs:
+        expanded.extend(listed if item == "-" else [item])
+    return expanded
+
+
+def _expand(inputs: list[str]) -> list[Path]:
+    from fewtune.dataset import collect_inputs
+
+    return collect_inputs(inputs)
 
 
 @app.command()
@@ -342,24 +401,23 @@ def info(
         return
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training", {})
     counts = training.get("per_class", {})
-    versions = f"format {config['format_version']}, fewtune {config['fewtune_version']}"
-    out.print(f"[bold]{escape(str(model))}[/]  ({escape(versions)})", highlight=False, markup=True)
-    settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
-    out.print(f"  strategy:  {strategy['name']} {settings}", highlight=False)
-    for line in _describe_fit(strategy.get("fit", {})):
-        out.print(f"  {line}", highlight=False)
-    out.print(
-        f"  backbone:  {backbone['name']} ({backbone['timm_name']}, {backbone['embedding_dim']}-d, "
-        f"weights sha256 {backbone['weights_sha256'][:12]}…)",
-        highlight=False,
-    )
-    out.print(f"  classes:   {len(config['classes'])}: " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in config["classes"]), highlight=False)
-    out.print(f"  {_describe_calibration(config['calibration'])}", highlight=False)
     from fewtune.classifier import OpenSet
 
-    out.print(f"  {_describe_open_set(OpenSet(**config['open_set']))}", highlight=False)
+    settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
+    lines = [
+        f"{model}  (format {config['format_version']}, fewtune {config['fewtune_version']})",
+        f"  strategy:  {strategy['name']}" + (f" ({_human_settings(settings)})" if settings else ""),
+        *(f"  {line}" for line in _describe_fit(strategy.get("fit", {}))),
+        f"  backbone:  {backbone['name']} ({backbone['timm_name']}, {backbone['embedding_dim']}-d, "
+        f"weights sha256 {backbone['weights_sha256'][:12]}…)",
+        f"  classes:   {len(config['classes'])}: " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in config["classes"]),
+        f"  {_describe_calibration(config['calibration'])}",
+        f"  {_describe_open_set(OpenSet(**config['open_set']))}",
+    ]
     if training:
-        out.print(f"  trained:   {training.get('created', '?')} on {training.get('images', '?')} images from {training.get('source', '?')}", highlight=False)
+        lines.append(f"  trained:   {training.get('created', '?')} on {training.get('images', '?')} images from {training.get('source', '?')}")
+    # plain print: no markup to misread in class names, no wrapping at 80 columns when piped
+    print("\n".join(lines))
 
 
 @app.command()

@@ -135,8 +135,11 @@ def evaluate(
 
 
 def render_html(report: Report, title: str) -> str:
-    """A self-contained HTML page of the report (no external resources)."""
+    """A self-contained HTML page of the report (no external resources): the confusion matrix
+    coloured by share of each true class, and the mistakes as thumbnails (small inline JPEGs)."""
     from html import escape
+
+    from fewtune.thumbnails import jpeg_data_uri
 
     rows = "".join(
         f"<tr><td>{escape(s.label)}</td><td>{s.precision:.3f}</td><td>{s.recall:.3f}</td><td>{s.f1:.3f}</td><td>{s.support}</td></tr>"
@@ -144,12 +147,23 @@ def render_html(report: Report, title: str) -> str:
     )
     head = "".join(f"<th>{escape(c)}</th>" for c in report.classes)
     matrix = "".join(
-        f"<tr><th>{escape(c)}</th>" + "".join(f"<td>{n}</td>" for n in row) + "</tr>" for c, row in zip(report.classes, report.confusion)
+        f"<tr><th>{escape(c)}</th>" + "".join(_matrix_cell(n, sum(row), i == j) for j, n in enumerate(row)) + "</tr>"
+        for i, (c, row) in enumerate(zip(report.classes, report.confusion))
     )
-    wrong = "".join(
-        f"<tr><td>{escape(m.path)}</td><td>{escape(m.truth)}</td><td>{escape(m.predicted)}</td><td>{m.score:.3f}</td></tr>"
-        for m in report.mistakes
-    )
+    figures = []
+    for m in report.mistakes:
+        uri = jpeg_data_uri(m.path, size=112)
+        picture = f'<img alt="{escape(Path(m.path).name)}" src="{uri}">' if uri else '<div class="missing">unreadable now</div>'
+        figures.append(
+            f'<figure title="{escape(m.path)}">{picture}<figcaption><b>{escape(m.predicted)}</b> ({m.score:.2f})<br>'
+            f"was {escape(m.truth)}<br><small>{escape(Path(m.path).name)}</small></figcaption></figure>"
+        )
+    if figures:
+        mistakes = f'<h2>Most confident mistakes</h2><div id="mistakes">{"".join(figures)}</div>'
+    elif report.images:
+        mistakes = '<p id="no-mistakes">No mistakes: every test image of a known class got its class.</p>'
+    else:
+        mistakes = ""
     unknown = (
         f"<p>Open set: {report.unknown_images} images of classes it does not know ({escape(', '.join(report.unknown_classes))}); "
         f"{100 * report.unknown_rejected:.1f}% answered unknown.</p>"
@@ -158,16 +172,32 @@ def render_html(report: Report, title: str) -> str:
     )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>body{{font:15px system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem}}table{{border-collapse:collapse;margin:.5rem 0}}
-td,th{{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}}td:first-child,th:first-child{{text-align:left}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+#confusion td{{min-width:2.5rem;text-align:center}}
+figure{{display:inline-block;margin:.3rem;width:120px;font-size:.8em;text-align:center;vertical-align:top;overflow-wrap:anywhere}}
+figure img,.missing{{width:112px;height:112px;object-fit:cover;border:2px solid #dc2626;border-radius:4px;display:block;margin:auto}}
+.missing{{line-height:112px;background:#eee;color:#666}}</style></head><body>
 <h1>{escape(title)}</h1>
 <p id="summary">Accuracy {100 * report.accuracy:.1f}% on {report.images} images; balanced accuracy {100 * report.balanced_accuracy:.1f}%;
 expected calibration error {100 * report.ece:.1f}% (without temperature scaling {100 * report.ece_uncalibrated:.1f}%);
 known images answered unknown: {100 * report.known_rejected:.1f}%.</p>{unknown}
 <h2>Per class</h2><table id="per-class"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>{rows}</table>
-<h2>Confusion matrix</h2><p>rows: true class; columns: predicted</p><table id="confusion"><tr><th></th>{head}</tr>{matrix}</table>
-<h2>Most confident mistakes</h2><table id="mistakes"><tr><th>image</th><th>true</th><th>predicted</th><th>score</th></tr>{wrong}</table>
+<h2>Confusion matrix</h2><p>rows: true class; columns: predicted; green: right, red: wrong, darker: a larger share of the row</p>
+<table id="confusion"><tr><th></th>{head}</tr>{matrix}</table>
+{mistakes}
 </body></html>
 """
+
+
+def _matrix_cell(count: int, row_total: int, diagonal: bool) -> str:
+    """A confusion-matrix cell shaded by its share of the true class: green on the diagonal, red off it."""
+    if not count:
+        return '<td class="zero"></td>'
+    share = count / row_total
+    rgb = "22,163,74" if diagonal else "220,38,38"
+    ink = "#fff" if share > 0.55 else "#111"
+    kind = "right" if diagonal else "wrong"
+    return f'<td class="{kind}" style="background:rgba({rgb},{0.12 + 0.88 * share:.2f});color:{ink}">{count}</td>'
 
 
 def write_html(report: Report, path: Path, title: str) -> Path:

@@ -4,7 +4,7 @@ backbone runs, and skip all of that for images already in the cache."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,10 +73,10 @@ def embed_files(
     """
     if cache is True:
         cache = FeatureCache(default_cache_dir(), backbone.fingerprint, backbone.dim)
-    transform = transform or build_transform(backbone.preprocessing)
     draft = decode_size(backbone.preprocessing)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # one file (a single predict): threads would only add their start-up to the latency
+    with ThreadPoolExecutor(max_workers=2) if len(paths) > 1 else _Inline() as pool:
         # pass 1: hash every file, streaming (bytes are not kept: a folder may hold gigabytes of photos)
         hashed = list(pool.map(_safe(images.sha256_file), paths))
         bad: dict[int, str] = {i: str(h) for i, h in enumerate(hashed) if isinstance(h, FewtuneError)}
@@ -85,6 +85,8 @@ def embed_files(
         cached = cache.get_many(h for h in hashes if h) if cache else {}
         vectors: dict[int, np.ndarray] = {i: cached[h] for i, h in enumerate(hashes) if h in cached}
         todo = [i for i, h in enumerate(hashes) if h and h not in cached]
+        if todo and transform is None:  # timm's transforms only when there is backbone work to do
+            transform = build_transform(backbone.preprocessing)
 
         def prepare(i: int) -> torch.Tensor:
             # key the row by the bytes actually embedded (the file may have changed since pass 1)
@@ -134,6 +136,27 @@ def embed_images(backbone: Backbone, pictures: Sequence[Image.Image], batch_size
         return torch.empty(0, backbone.dim)
     batches = [torch.stack([transform(p) for p in pictures[s : s + batch_size]]) for s in range(0, len(pictures), batch_size)]
     return torch.cat([backbone.embed(b) for b in batches])
+
+
+class _Inline:
+    """The part of ThreadPoolExecutor that embed_files uses, run in the calling thread."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable, items: Sequence) -> list:
+        return [fn(item) for item in items]
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through result(), as a pool would
+            future.set_exception(exc)
+        return future
 
 
 def _raise_unless(skip_bad: bool, bad: dict[int, str]) -> None:

@@ -373,7 +373,7 @@ def tune_body(
     """
     started = time.perf_counter()
     model = backbone.model
-    body, hidden, view_labels, head = _prepare(backbone, pictures, labels, num_classes, config, top)
+    body, hidden, view_labels, head = _prepare(backbone, pictures, labels, num_classes, config, top, progress=progress)
     val_hidden = None
     if validation is not None:
         with torch.no_grad():
@@ -455,17 +455,23 @@ def tune_body(
 
 
 def _prepare(
-    backbone: Backbone, pictures: list, labels: torch.Tensor, num_classes: int, config: FinetuneConfig, top: int | None
+    backbone: Backbone, pictures: list, labels: torch.Tensor, num_classes: int, config: FinetuneConfig, top: int | None,
+    *, progress: bool = False,
 ) -> tuple[SplitBody, torch.Tensor, torch.Tensor, CosineHead]:
-    """Open the stages, run the frozen bottom on every augmented view, imprint the head."""
+    """Open the stages, run the frozen bottom on every augmented view, imprint the head.
+
+    This is most of the wait before the first step (10-30 s on a 2-core CPU: every view goes
+    through the whole network twice, bottom then top), so it has its own bar.
+    """
     backbone.model.eval()  # BatchNorm keeps its running statistics: a batch of 5 images would ruin them
     unfreeze(backbone.model, top)
     body = SplitBody(backbone.model)
     view_count = views_per_image(config, len(pictures))
-    with _seeded(config.seed):
-        hidden, view_labels = _make_views(backbone, body, pictures, labels, config.augment, view_count, config.batch_size)
+    views = view_count * len(pictures)
+    with _seeded(config.seed), ProgressBar(f"fine-tuning: embedding {views} augmented views", 2 * views, enabled=progress) as advance:
+        hidden, view_labels = _make_views(backbone, body, pictures, labels, config.augment, view_count, config.batch_size, advance)
         with torch.no_grad():
-            frozen_features = _features(body, hidden, config.batch_size)
+            frozen_features = _features(body, hidden, config.batch_size, advance)
         head = CosineHead(imprint(frozen_features, view_labels, num_classes))
     return body, hidden, view_labels, head
 
@@ -557,7 +563,8 @@ def views_per_image(config: FinetuneConfig, images: int) -> int:
 
 
 def _make_views(
-    backbone: Backbone, body: SplitBody, pictures: list, labels: torch.Tensor, augment: str, count: int, batch_size: int
+    backbone: Backbone, body: SplitBody, pictures: list, labels: torch.Tensor, augment: str, count: int, batch_size: int,
+    advance: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-bottom outputs of ``count`` augmented views of each picture, and their labels."""
     transform = view_transform(backbone.preprocessing, augment)
@@ -567,6 +574,8 @@ def _make_views(
         for s in range(0, len(items), batch_size):
             batch = torch.stack([transform(pictures[i]) for i, _ in items[s : s + batch_size]])
             chunks.append(body.bottom(batch))
+            if advance:
+                advance(len(batch))
     return torch.cat(chunks), labels[torch.tensor([i for i, _ in items])]
 
 
@@ -575,8 +584,13 @@ def _accuracy(head: CosineHead, body: SplitBody, hidden: torch.Tensor, labels: t
         return float((head(_features(body, hidden, batch_size)).argmax(1) == labels).float().mean())
 
 
-def _features(body: SplitBody, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([body.top(hidden[s : s + batch_size]) for s in range(0, len(hidden), batch_size)])
+def _features(body: SplitBody, hidden: torch.Tensor, batch_size: int, advance: Callable[[int], None] | None = None) -> torch.Tensor:
+    chunks = []
+    for s in range(0, len(hidden), batch_size):
+        chunks.append(body.top(hidden[s : s + batch_size]))
+        if advance:
+            advance(len(chunks[-1]))
+    return torch.cat(chunks)
 
 
 class _seeded:

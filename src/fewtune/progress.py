@@ -1,10 +1,12 @@
-"""One progress bar for every long loop: rich, on stderr, shown only for work worth watching (> 1 s).
+"""One progress bar for every long loop, and one spinner for every phase with nothing to count:
+rich, on stderr, shown only for work worth watching (> 1 s).
 
 Titles are printed as typed (no rich markup): a status may quote a file or class name.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -46,3 +48,36 @@ class ProgressBar:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+class Status:
+    """Context manager for a phase with nothing to count (loading a network, fitting a head): a
+    spinner with ``what`` on stderr, shown only once the phase has taken a second."""
+
+    def __init__(self, what: str, enabled: bool = True):
+        self.what, self.enabled, self.live, self.lock = what, enabled, None, threading.Lock()
+
+    def __enter__(self) -> Status:
+        if self.enabled:
+            self.timer = threading.Timer(1.0, self._show)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def _show(self) -> None:
+        from rich.console import Console
+        from rich.text import Text
+
+        with self.lock:
+            if self.live is None:
+                self.live = Console(stderr=True).status(Text(self.what))  # Text: never read as markup
+                self.live.start()
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        self.timer.cancel()
+        with self.lock:
+            if self.live is not None:
+                self.live.stop()
+            self.live = False  # a timer that fires late shows nothing

@@ -193,6 +193,9 @@ class Batcher:
 def create_app(backbone: Backbone, classifier: Classifier | None = None, config: ServerConfig | None = None):
     """The ASGI app. ``classifier`` seeds it (e.g. a loaded model); without one it starts empty."""
     config = config or ServerConfig()
+    backbone.model  # noqa: B018 - build the network now (it is lazy), not inside the first request
+    if classifier is not None and classifier.pretrained is not None:
+        classifier.pretrained.model  # noqa: B018
 
     def require_token(request: Request) -> None:
         given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")  # bytes: any header compares

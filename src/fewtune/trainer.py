@@ -17,6 +17,7 @@ from fewtune.dataset import Dataset, load_dataset
 from fewtune.errors import FewtuneError
 from fewtune.features import embed_files
 from fewtune.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
+from fewtune.progress import Status
 from fewtune.strategies import create_strategy
 from fewtune.strategies.finetune import AUTO_TOP
 
@@ -66,7 +67,8 @@ def train(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     check_class_names(dataset.classes, unknown_label)
     if not isinstance(backbone, Backbone):
-        backbone = create_backbone(backbone, weights)
+        with Status(f"loading the {backbone} backbone", enabled=progress):
+            backbone = create_backbone(backbone, weights)
     embedded = embed_files(backbone, dataset.paths, cache=cache, skip_bad=skip_bad, progress=progress)
     labels = torch.tensor([dataset.labels[i] for i in embedded.kept], dtype=torch.long)
     empty = [c for i, c in enumerate(dataset.classes) if not (labels == i).any()]
@@ -106,7 +108,8 @@ def train(
         pretrained=pretrained,
         pretrained_support=pretrained_support,
     )
-    classifier.refit()
+    with Status(f"fitting {strategy}: the head, calibration and the unknown threshold", enabled=progress):
+        classifier.refit()
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return classifier
 

@@ -1,0 +1,66 @@
+"""Wall seconds of the whole ``fewtune train`` command, every image already in the feature cache.
+
+The first CLASSES classes (sorted) of ``--data`` with their first 20 images each are linked into
+a scratch folder; ``fewtune train`` runs once untimed to fill the cache, then is timed per
+strategy in a fresh process, as a user would run it.
+
+    python bench/train_wall.py --data ../shared/data/caltech101 --classes 10,30,60
+    python bench/train_wall.py --data ../shared/data/caltech101 --src OLD_CHECKOUT/src  # another version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--classes", default="10,30,60")
+    parser.add_argument("--images", type=int, default=20, help="per class")
+    parser.add_argument("--strategies", default="prototype,probe,auto")
+    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src", help="fewtune sources to time")
+    parser.add_argument("--skip", default="", help="comma-separated CLASSES:STRATEGY pairs not to run (e.g. 60:probe)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for classes in [int(c) for c in args.classes.split(",")]:
+            root = Path(scratch) / f"{classes}x{args.images}"
+            for folder in sorted(p for p in args.data.iterdir() if p.is_dir())[:classes]:
+                (root / folder.name).mkdir(parents=True)
+                for image in sorted(folder.iterdir())[: args.images]:
+                    (root / folder.name / image.name).symlink_to(image.resolve())
+            command = [sys.executable, "-m", "fewtune", "train", str(root), "-o", str(Path(scratch) / "model")]
+            subprocess.run([*command, "--strategy", "prototype"], env=env, check=True, capture_output=True)  # fill the cache
+            for strategy in args.strategies.split(","):
+                if f"{classes}:{strategy}" in skip:
+                    continue
+                start, cpu = time.perf_counter(), _children_cpu()
+                subprocess.run([*command, "--strategy", strategy], env=env, check=True, capture_output=True)
+                wall, cpu = round(time.perf_counter() - start, 2), round(_children_cpu() - cpu, 2)
+                row = {"classes": classes, "images": args.images, "strategy": strategy, "wall_s": wall, "cpu_s": cpu}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+if __name__ == "__main__":
+    main()
