@@ -8,6 +8,9 @@ subset of them ("lopsided": each class keeps 1 to 15 of its queries, in proporti
 flat Dirichlet, seeded). Same episodes as ``bench/peers.py`` with the same seed; frozen features.
 
     python bench/transductive.py --data ../shared/data/caltech101 ../shared/data/omniglot --episodes 300 --seed 1
+
+``fewtune probe+transductive`` is what `fewtune predict --transductive` does on a `probe` model;
+``prototype:transductive=true`` the same on a `prototype` one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from fewtune.benchmark import episode_accuracy
 from fewtune.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.features import embed_files
 
-METHODS = ["fewtune prototype", "fewtune probe", "fewtune prototype:transductive=true",
+METHODS = ["fewtune prototype", "fewtune probe", "fewtune prototype:transductive=true", "fewtune probe+transductive",
            "fewtune prototype:transductive=proportions", "fewtune prototype:transductive=balanced",
            "easyfsl BDCSPN", "easyfsl TIM", "easyfsl PTMAP"]  # fmt: skip
 
@@ -40,6 +43,21 @@ def lopsided(episode: Episode, labels: list[int], rng: np.random.Generator) -> E
     keep = np.maximum(1, np.round(per_class * shares / shares.max())).astype(int)
     query = [i for c in range(way) for i in [q for q, y in zip(episode.query, query_labels) if y == c][: keep[c]]]
     return Episode(episode.classes, episode.support, query)
+
+
+def model_level_accuracy(features: torch.Tensor, labels: list[int], episode: Episode) -> float:
+    """`fewtune predict --transductive` on a `probe` classifier: the batch decides the mode, and
+    where refining does not pay the classifier's own (inductive) answer stands."""
+    from fewtune import transduction
+    from fewtune.strategies import Probe
+
+    support_labels, query_labels = (torch.tensor(x) for x in episode.local_labels(labels))
+    support, batch, way = features[episode.support], features[episode.query], len(episode.classes)
+    probe = Probe()
+    probe.fit(support, support_labels, way)
+    decided = transduction.decide(support, support_labels, way, batch)
+    logits = probe.logits(batch) if decided is None else decided[0]
+    return float((logits.argmax(1) == query_labels).float().mean())
 
 
 def main() -> None:
@@ -68,7 +86,9 @@ def main() -> None:
                 for method in methods:
                     tool, name = method.split(" ", 1)
                     started = time.perf_counter()
-                    if tool == "fewtune":
+                    if method == "fewtune probe+transductive":
+                        scores = [model_level_accuracy(features, dataset.labels, e) for e in chosen]
+                    elif tool == "fewtune":
                         scores = [episode_accuracy(name, features, dataset.labels, e) for e in chosen]
                     else:
                         scores = [easyfsl_accuracy(name, features, dataset.labels, e) for e in chosen]

@@ -32,7 +32,8 @@ from fewtune.calibration import fit_temperature
 from fewtune.errors import FewtuneError
 from fewtune.inputs import ImageInput, embed_items, expand
 from fewtune.openset import calibrate_threshold, novelty, unknown_probability
-from fewtune.strategies import Prototype, Strategy, create_strategy
+from fewtune import transduction
+from fewtune.strategies import Strategy, create_strategy
 from fewtune.strategies.base import class_means
 
 FORMAT = "fewtune-classifier"
@@ -244,12 +245,13 @@ class Classifier:
         reject = settings.enabled if open_set is None else open_set
         threshold = settings.threshold if unknown_threshold is None else unknown_threshold
         unknown = settings.unknown_label if unknown_label is None else unknown_label
-        if transductive:
-            refined = Prototype(transductive=transductive)
-            refined.fit(self.support_features, self.support_labels, len(self.classes))
-            probabilities = refined.logits(features).softmax(dim=1) if len(features) else torch.empty(0, len(self.classes))
-        else:
-            probabilities = self.predict_proba_features(features)
+        probabilities = self.predict_proba_features(features)  # the inductive answer
+        if transductive and len(features) >= 2:
+            support, labels, num_classes = self.support_features, self.support_labels, len(self.classes)
+            if transductive == "balanced":
+                probabilities = transduction.log_probabilities(support, labels, num_classes, features, True).exp()
+            elif (decided := transduction.decide(support, labels, num_classes, features)) is not None:
+                probabilities = decided[0].exp()  # else: refining does not pay for this batch, the inductive answer stands
         novelty = self.novelty_features(features if pretrained_features is None else pretrained_features)
         doubt = unknown_probability(novelty, threshold, float(settings.calibration.get("spread", 0.05)))
         k = max(1, min(top_k, len(self.classes)))

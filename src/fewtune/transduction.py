@@ -8,13 +8,20 @@ assignments are the predictions.
 
 What the batch is assumed to hold decides how inputs are assigned:
 
-- ``balanced=False`` (the default): class proportions are estimated from the batch along with the
-  centres (expectation-maximisation of a mixture with class weights), and features are centred
-  on the support alone. Meant to be safe whatever the batch holds.
+- ``balanced=False`` ("proportions"): class proportions are estimated from the batch along with
+  the centres (expectation-maximisation of a mixture with class weights), and features are
+  centred on the support alone.
 - ``balanced=True``: every class holds about as many batch inputs, so the assignment is an
   optimal-transport plan with equal class totals (Sinkhorn), as in PT-MAP. More accurate on
-  balanced batches, far *worse* than no transduction on lopsided ones: only for batches known to
-  be balanced.
+  balanced batches, far *worse* than no transduction on lopsided ones.
+- ``balanced=None`` (what ``--transductive`` does): the batch decides, see :func:`decide`.
+  Proportions are estimated first; when they are consistent with equal class counts (chi-square,
+  :data:`BALANCE_LEVEL`) the balanced assignment is used. Otherwise, with one example in some
+  class, the proportion-estimating answer; with 2+ examples in every class, none at all: the
+  caller falls back to its inductive answer. On 100 development episodes a setting (seed 0,
+  5-way, 15 queries a class or a lopsided share), estimating proportions beat ``probe`` at 1 shot
+  (Omniglot +3, Caltech-101 +2, 32-px Caltech +4 points on lopsided batches) but not at 5 shots
+  (-0.4 to -0.6), while the balanced assignment beat it at 5 shots only on balanced batches.
 
 On 150 development episodes (seed 0, 5-way 1-shot, 15 queries a class or a lopsided share of
 them), accuracy without transduction / default / balanced: Omniglot balanced 77.9 / 82.1 / 88.2,
@@ -39,7 +46,7 @@ SINKHORN_ITERATIONS = 1000
 SINKHORN_TOLERANCE = 1e-4
 #: a batch is taken as balanced when the chi-square statistic of its estimated class counts is below
 #: this quantile of the chi-square distribution for equal counts
-BALANCE_LEVEL = 0.99
+BALANCE_LEVEL = 0.75
 
 
 def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +73,23 @@ def log_probabilities(
     """
     if balanced is not None:
         return _refine(support, labels, num_classes, batch, balanced)[0]
+    decided = decide(support, labels, num_classes, batch)
+    if decided is None:
+        raise ValueError("transduction does not pay for this batch; use decide() and fall back to the inductive answer")
+    return decided[0]
+
+
+def decide(
+    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor
+) -> tuple[torch.Tensor, str] | None:
+    """The batch decides the mode (see the module doc): ``(log-probabilities, mode)``, or None
+    when refinement is not supported and the caller should answer inductively."""
     estimated, weights = _refine(support, labels, num_classes, batch, False)
     if looks_balanced(weights, len(batch)):
-        return _refine(support, labels, num_classes, batch, True)[0]
-    return estimated
+        return _refine(support, labels, num_classes, batch, True)[0], "balanced"
+    if int(torch.bincount(labels, minlength=num_classes).min()) >= 2:
+        return None
+    return estimated, "proportions"
 
 
 def balance_statistic(weights: torch.Tensor, batch_size: int) -> float:

@@ -56,7 +56,10 @@ class Prototype(Strategy):
             raise RuntimeError("call fit() before logits()")
         if not self.transductive or len(features) < 2:
             return normalize(features) @ self.prototypes.T / self.temperature
-        balanced = {True: None, "balanced": True, "proportions": False}[self.transductive]
+        if self.transductive is True:  # the batch decides; where refining does not pay, no transduction
+            decided = transduction.decide(self.support, self.support_labels, len(self.prototypes), features)
+            return normalize(features) @ self.prototypes.T / self.temperature if decided is None else decided[0]
+        balanced = self.transductive == "balanced"
         return transduction.log_probabilities(self.support, self.support_labels, len(self.prototypes), features, balanced)
 
     def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
