@@ -392,18 +392,12 @@ def _set(path: str, value):
     [
         ("info", _set("format_version", 999), "format"),
         ("info", _set("classes", ["[/]", "[bold red]b", "blue"]), None),  # markup in names prints as typed
-        pytest.param("info", _set("preprocessing.input_size", [3, 60000, 60000]), "input_size",
-                     marks=pytest.mark.xfail(reason="needs config validation (issue 13.4)", strict=False)),
-        pytest.param("info", _set("classes", "Fac"), "classes",
-                     marks=pytest.mark.xfail(reason="needs config validation (issue 13.4)", strict=False)),
-        pytest.param("info", _drop("backbone"), "backbone",
-                     marks=pytest.mark.xfail(reason="needs config validation (issue 13.4)", strict=False)),
-        pytest.param("info", _drop("calibration"), "calibration",
-                     marks=pytest.mark.xfail(reason="needs config validation (issue 13.4)", strict=False)),
-        pytest.param("predict", _set("calibration.temperature", -1), "temperature",
-                     marks=pytest.mark.xfail(reason="needs config validation (issue 13.4)", strict=False)),
-        pytest.param("predict", _set("classes", ["a", "b", "c", "d", "e"]), "classes",
-                     marks=pytest.mark.xfail(reason="needs config validation (issue 13.4)", strict=False)),
+        ("info", _set("preprocessing.input_size", [3, 60000, 60000]), "input_size"),
+        ("info", _set("classes", "Fac"), "classes"),
+        ("info", _drop("backbone"), "backbone"),
+        ("info", _drop("calibration"), "calibration"),
+        ("predict", _set("calibration.temperature", -1), "temperature"),
+        ("predict", _set("classes", ["a", "b", "c", "d", "e"]), "classes"),
     ],
 )  # fmt: skip
 def test_tampered_config(capsys, corpus, model, tmp_path, command, edit, key):

@@ -93,7 +93,8 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(tiny_backbone, colo
     # novelty is measured on pretrained embeddings, and survives a save and a load
     classifier.save(tmp_path / "m")
     loaded = fewtune.load(tmp_path / "m", backbone=tiny_backbone)
-    assert loaded.pretrained is tiny_backbone and torch.equal(loaded.pretrained_support, classifier.pretrained_support)
+    assert loaded.pretrained.fingerprint == tiny_backbone.fingerprint  # a copy: load never changes the caller's backbone
+    assert torch.equal(loaded.pretrained_support, classifier.pretrained_support)
     image = colour_data / "green" / "1.png"
     [before], [after] = classifier.predict(image), loaded.predict(image)
     assert before.novelty == after.novelty and before.label == after.label == "green"

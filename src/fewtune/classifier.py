@@ -1,44 +1,29 @@
 """A trained classifier: backbone + strategy + class names, saved as a folder with no pickle.
 
-Layout of ``name.fewtune/``::
-
-    config.json             format version, backbone + weights sha256, preprocessing,
-                            strategy + hyperparameters, ordered classes, training summary
-    strategy.safetensors    the strategy's learned tensors
-    support.safetensors     support embeddings and labels (to refit or add classes later)
-    body.safetensors        the fine-tuned backbone, only when the body was fine-tuned
+The folder layout, the atomic save and the checked load live in :mod:`fewtune.storage`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from fewtune._version import __version__
-from fewtune.backbones import REGISTRY, Backbone, create_backbone, state_sha256
+from fewtune.backbones import Backbone
 from fewtune.calibration import fit_temperature
 from fewtune.errors import FewtuneError
 from fewtune.inputs import ImageInput, embed_items, expand
-from fewtune.openset import calibrate_threshold, novelty, unknown_probability
 from fewtune import transduction
-from fewtune.strategies import Strategy, create_strategy
+from fewtune.openset import calibrate_threshold, novelty, unknown_probability
+from fewtune.schema import FORMAT as FORMAT
+from fewtune.schema import FORMAT_VERSION as FORMAT_VERSION
+from fewtune.strategies import Strategy
 from fewtune.strategies.base import class_means
-
-FORMAT = "fewtune-classifier"
-FORMAT_VERSION = 2  # 2: body.safetensors for fine-tuned backbones
-
 
 DEFAULT_UNKNOWN_LABEL = "unknown"
 
@@ -371,128 +356,30 @@ class Classifier:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the classifier folder atomically: a crash mid-save leaves the previous one intact."""
-        path = Path(path)
-        if path.exists() and not (path / "config.json").is_file() and (path.is_file() or any(path.iterdir())):
-            raise FewtuneError(f"{path}: exists and is not a fewtune classifier; choose another output path")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-        try:
-            _write_json(staging / "config.json", self.config())
-            save_file({k: v.contiguous() for k, v in self.strategy.state_dict().items()}, staging / "strategy.safetensors")
-            support = {"features": self.support_features.contiguous(), "labels": self.support_labels.contiguous()}
-            if self.pretrained_support is not None:
-                support["pretrained_features"] = self.pretrained_support.contiguous()
-            save_file(support, staging / "support.safetensors")
-            if self.backbone.tuned_sha256:
-                body = {k: v.contiguous() for k, v in self.backbone.model.state_dict().items()}
-                save_file(body, staging / "body.safetensors")
-            for file in staging.iterdir():
-                _fsync(file)
-            if path.exists():  # swap: the old folder is removed only once the new one is in place
-                retired = path.with_name(f".{path.name}.{os.getpid()}.old")
-                path.rename(retired)
-                staging.rename(path)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                staging.rename(path)
-            _fsync(path.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path
+        """Write the classifier folder under the model's lock, replacing any previous one in one
+        step: a reader, or a crash at any point, sees the whole old model or the whole new one
+        (see :mod:`fewtune.storage`)."""
+        from fewtune import storage
+
+        return storage.save(self, path)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and check a saved classifier's ``config.json`` without loading any network."""
-    path = Path(path)
-    file = path / "config.json"
-    if not file.is_file():
-        raise FewtuneError(f"{path}: not a fewtune classifier (no config.json); create one with `fewtune train DATA -o {path}`")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FewtuneError(f"{file}: unreadable ({exc}); the classifier is damaged, train it again") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise FewtuneError(f"{file}: not a fewtune classifier config; train it again with `fewtune train`")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise FewtuneError(
-            f"{path}: saved by fewtune {config.get('fewtune_version', '?')} in format {version}, newer than this "
-            f"fewtune {__version__} reads (format {FORMAT_VERSION}); upgrade with `pip install -U fewtune`"
-        )
-    return config
+    from fewtune import storage
+
+    return storage.read_config(path)
 
 
 def load(path: str | Path, backbone: Backbone | None = None) -> Classifier:
-    """Load a saved classifier. Reads JSON and safetensors only: nothing in the folder can run code.
+    """Load a saved classifier (see :func:`fewtune.storage.load`). Nothing in the folder can run code.
 
     Args:
         backbone: reuse an already-built backbone; it must have the same weights hash.
     """
-    path = Path(path)
-    config = read_config(path)
-    try:
-        return _from_config(path, config, backbone)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FewtuneError(f"{path}/config.json: missing or malformed entry ({type(exc).__name__}: {exc}); train the classifier again") from None
+    from fewtune import storage
 
-
-def _from_config(path: Path, config: dict[str, Any], backbone: Backbone | None) -> Classifier:
-    saved = config["backbone"]
-    if backbone is None:
-        packaged = saved["name"] in REGISTRY and saved["weights_source"] == REGISTRY[saved["name"]].package
-        backbone = create_backbone(saved["name"], None if packaged else saved["weights_source"])
-    if backbone.weights_sha256 != saved["weights_sha256"]:
-        raise FewtuneError(
-            f"{path}: trained with {saved['name']} weights {saved['weights_sha256'][:12]}… but this machine has "
-            f"{backbone.weights_sha256[:12]}… ({backbone.weights_source}); install the same weights or retrain"
-        )
-    backbone.preprocessing = config["preprocessing"]  # what it was trained with, not today's default
-    pretrained = None
-    if saved.get("tuned_sha256"):
-        pretrained = backbone
-        backbone = _load_tuned_body(path, backbone, saved["tuned_sha256"])
-    strategy = create_strategy(config["strategy"]["name"], **config["strategy"]["hyperparameters"])
-    try:
-        strategy.load_state_dict(load_file(path / "strategy.safetensors"))
-        support = load_file(path / "support.safetensors")
-        features, labels = support["features"], support["labels"]
-        pretrained_support = support.get("pretrained_features")
-        if pretrained_support is None:  # saved before novelty moved to pretrained embeddings
-            pretrained = None
-    except (OSError, SafetensorError, KeyError) as exc:
-        raise FewtuneError(f"{path}: damaged tensor file ({exc}); train the classifier again") from None
-    return Classifier(
-        backbone=backbone,
-        strategy=strategy,
-        classes=list(config["classes"]),
-        support_features=features,
-        support_labels=labels,
-        fit_report=config["strategy"].get("fit", {}),
-        temperature=float(config["calibration"]["temperature"]),
-        calibration=config["calibration"],
-        open_set=OpenSet(**config["open_set"]),
-        training=config.get("training", {}),
-        pretrained=pretrained,
-        pretrained_support=pretrained_support,
-    )
-
-
-def _load_tuned_body(path: Path, backbone: Backbone, expected: str) -> Backbone:
-    """A copy of ``backbone`` with the fine-tuned parameters of ``body.safetensors``, checked by hash."""
-    try:
-        state = load_file(path / "body.safetensors")
-    except (OSError, SafetensorError) as exc:
-        raise FewtuneError(f"{path}/body.safetensors: missing or damaged ({exc}); train the classifier again") from None
-    if state_sha256(state) != expected:
-        raise FewtuneError(f"{path}/body.safetensors: does not match the hash in config.json (damaged or replaced); train the classifier again")
-    tuned = copy.deepcopy(backbone)
-    try:
-        tuned.model.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise FewtuneError(f"{path}/body.safetensors: does not fit {backbone.timm_name}; train the classifier again") from None
-    return replace(tuned, tuned_sha256=expected)
+    return storage.load(path, backbone)
 
 
 def check_class_names(classes: list[str], unknown_label: str) -> None:
@@ -505,15 +392,3 @@ def check_class_names(classes: list[str], unknown_label: str) -> None:
                 f"a class is named {name!r}, the label given to inputs of no known class; rename the class "
                 f"or choose another with --unknown-label"
             )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

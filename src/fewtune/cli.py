@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -158,7 +159,10 @@ def train(
     except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
         err.print(f"interrupted: {exc}" if str(exc) else "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    _save(classifier, output)
+    from fewtune.locks import model_lock
+
+    with model_lock(output, on_wait=_waiting):
+        _save(classifier, output)
     shutil.rmtree(checkpoint, ignore_errors=True)  # the saved classifier supersedes it
     if not quiet:
         _print_training_summary(classifier, output)
@@ -242,6 +246,35 @@ def _human_settings(settings: dict) -> str:
     return ", ".join(f"{str(k).replace('_', ' ')} {_human(v)}" for k, v in settings.items())
 
 
+def _describe_record(describe, record: dict, name: str):
+    """``describe(record)``, or the raw record when it was edited out of the shape describe expects."""
+    try:
+        return describe(record)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return [f"{name}: {record}"] if describe is _describe_fit else f"{name}: {record}"
+
+
+def _waiting(message: str) -> None:
+    err.print(message, highlight=False, markup=False)
+
+
+def json_text(data) -> str:
+    """``--json`` output: valid JSON always. Python's json would write NaN and Infinity, which
+    JSON has not; non-finite numbers are written as the strings "NaN", "Infinity", "-Infinity"
+    (which JavaScript's Number() and Python's float() read back)."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, ensure_ascii=False, allow_nan=False)
+
+
 def _describe_calibration(calibration: dict) -> str:
     if calibration.get("temperature", 1.0) == 1.0 and "nll_before" not in calibration:
         return f"probabilities: not calibrated ({calibration.get('method', 'none')}); 2+ examples per class enable it"
@@ -321,7 +354,7 @@ def predict(
         unknown_label=unknown_label, transductive="balanced" if balanced else transductive,
     )  # fmt: skip
     if as_json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False))
+        print(json_text([p.to_dict() for p in predictions]))
     elif as_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -397,21 +430,21 @@ def info(
 
     config = read_config(model)
     if as_json:
-        print(json.dumps(config, indent=2, ensure_ascii=False))
+        print(json_text(config))
         return
-    backbone, strategy, training = config["backbone"], config["strategy"], config.get("training", {})
-    counts = training.get("per_class", {})
+    backbone, strategy, training = config["backbone"], config["strategy"], config.get("training") or {}
+    counts = training.get("per_class") or {}
     from fewtune.classifier import OpenSet
 
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     lines = [
         f"{model}  (format {config['format_version']}, fewtune {config['fewtune_version']})",
         f"  strategy:  {strategy['name']}" + (f" ({_human_settings(settings)})" if settings else ""),
-        *(f"  {line}" for line in _describe_fit(strategy.get("fit", {}))),
+        *(f"  {line}" for line in _describe_record(_describe_fit, strategy.get("fit") or {}, "fit")),
         f"  backbone:  {backbone['name']} ({backbone['timm_name']}, {backbone['embedding_dim']}-d, "
         f"weights sha256 {backbone['weights_sha256'][:12]}…)",
         f"  classes:   {len(config['classes'])}: " + ", ".join(f"{c} ({counts.get(c, '?')})" for c in config["classes"]),
-        f"  {_describe_calibration(config['calibration'])}",
+        f"  {_describe_record(_describe_calibration, config['calibration'], 'calibration')}",
         f"  {_describe_open_set(OpenSet(**config['open_set']))}",
     ]
     if training:
@@ -612,13 +645,16 @@ def add(
 ) -> None:
     """Add a class from as little as one example, or more examples to a class, without retraining
     from the original images: exact for prototype; probe refits its head on stored embeddings."""
-    from fewtune.classifier import load
+    from fewtune.classifier import load, read_config
+    from fewtune.locks import model_lock
 
-    classifier = load(model)
+    read_config(model)  # not a model: say so before creating its lock file
     check_model_output(model)
-    existed = label in classifier.classes
-    added = classifier.add_examples(label, inputs, progress=not quiet)
-    _save(classifier, model)
+    with model_lock(model, on_wait=_waiting):  # read, change, write: no other writer in between
+        classifier = load(model)
+        existed = label in classifier.classes
+        added = classifier.add_examples(label, inputs, progress=not quiet)
+        _save(classifier, model)
     if not quiet:
         verb = "added" if not existed else "extended"
         count = classifier.training["per_class"][label]
@@ -632,12 +668,15 @@ def remove(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:
     """Forget a class and its examples."""
-    from fewtune.classifier import load
+    from fewtune.classifier import load, read_config
+    from fewtune.locks import model_lock
 
-    classifier = load(model)
+    read_config(model)  # not a model: say so before creating its lock file
     check_model_output(model)
-    classifier.remove_class(label)
-    _save(classifier, model)
+    with model_lock(model, on_wait=_waiting):
+        classifier = load(model)
+        classifier.remove_class(label)
+        _save(classifier, model)
     if not quiet:
         err.print(f"removed class {label!r}; {len(classifier.classes)} classes left -> {model}", highlight=False)
 
