@@ -8,6 +8,9 @@ subset of them ("lopsided": each class keeps 1 to 15 of its queries, in proporti
 flat Dirichlet, seeded). Same episodes as ``bench/peers.py`` with the same seed; frozen features.
 
     python bench/transductive.py --data ../shared/data/caltech101 ../shared/data/omniglot --episodes 300 --seed 1
+
+``fewtune probe+transductive`` is what `fewtune predict --transductive` does on a `probe` model;
+``prototype:transductive=true`` the same on a `prototype` one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from fewtune.benchmark import episode_accuracy
 from fewtune.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.features import embed_files
 
-METHODS = ["fewtune prototype", "fewtune prototype:transductive=true", "fewtune prototype:transductive=balanced",
+METHODS = ["fewtune prototype", "fewtune probe", "fewtune prototype:transductive=true", "fewtune probe+transductive",
+           "fewtune prototype:transductive=proportions", "fewtune prototype:transductive=balanced",
            "easyfsl BDCSPN", "easyfsl TIM", "easyfsl PTMAP"]  # fmt: skip
 
 
@@ -41,6 +45,21 @@ def lopsided(episode: Episode, labels: list[int], rng: np.random.Generator) -> E
     return Episode(episode.classes, episode.support, query)
 
 
+def model_level_accuracy(features: torch.Tensor, labels: list[int], episode: Episode) -> float:
+    """`fewtune predict --transductive` on a `probe` classifier: the batch decides the mode, and
+    where refining does not pay the classifier's own (inductive) answer stands."""
+    from fewtune import transduction
+    from fewtune.strategies import Probe
+
+    support_labels, query_labels = (torch.tensor(x) for x in episode.local_labels(labels))
+    support, batch, way = features[episode.support], features[episode.query], len(episode.classes)
+    probe = Probe()
+    probe.fit(support, support_labels, way)
+    decided = transduction.decide(support, support_labels, way, batch)
+    logits = probe.logits(batch) if decided is None else decided[0]
+    return float((logits.argmax(1) == query_labels).float().mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", type=Path, required=True)
@@ -50,7 +69,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/transductive.json"))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = parser.parse_args()
+    methods = args.methods.split(",")
     torch.set_num_threads(1)  # tiny per-episode problems: threads cost more than they give
     backbone = fewtune.create_backbone()
     rows = []
@@ -62,10 +83,12 @@ def main() -> None:
             rng = np.random.default_rng(args.seed)
             regimes = {"balanced": episodes, "lopsided": [lopsided(e, dataset.labels, rng) for e in episodes]}
             for regime, chosen in regimes.items():
-                for method in METHODS:
+                for method in methods:
                     tool, name = method.split(" ", 1)
                     started = time.perf_counter()
-                    if tool == "fewtune":
+                    if method == "fewtune probe+transductive":
+                        scores = [model_level_accuracy(features, dataset.labels, e) for e in chosen]
+                    elif tool == "fewtune":
                         scores = [episode_accuracy(name, features, dataset.labels, e) for e in chosen]
                     else:
                         scores = [easyfsl_accuracy(name, features, dataset.labels, e) for e in chosen]

@@ -33,13 +33,13 @@ def test_train_predict_info(capsys, colour_data, tmp_path, tiny_flags):
     code, out, _ = run(capsys, "predict", model, colour_data / "red", "--top-k", "2", "--json", "-q")
     results = json.loads(out)
     assert code == 0 and len(results) == 3
-    assert set(results[0]) == {"path", "label", "score", "top_k", "is_unknown", "novelty", "probabilities"}
+    assert set(results[0]) == {"path", "label", "score", "top_k", "is_unknown", "nearest", "unknown_probability", "novelty", "probabilities"}
     assert list(results[0]["probabilities"]) == ["blue", "green", "red"]
     assert results[0]["top_k"][0] == {"label": results[0]["label"], "score": results[0]["score"]}
     assert len(results[0]["top_k"]) == 2
 
     code, out, _ = run(capsys, "predict", model, colour_data / "red" / "0.png", "--csv", "-q")
-    assert out.splitlines()[0] == "path,label,score,top_k,is_unknown,novelty" and len(out.splitlines()) == 2
+    assert out.splitlines()[0] == "path,label,score,top_k,is_unknown,novelty,nearest,unknown_probability" and len(out.splitlines()) == 2
 
     code, out, _ = run(capsys, "predict", model, str(colour_data / "*" / "1.png"), "-q")
     assert code == 0 and out.count("1.png") == 3

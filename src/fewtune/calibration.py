@@ -6,23 +6,52 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+#: the search range of log T; a fit that ends on either bound is reported as such
+LOG_T_BOUNDS = (-4.0, 4.0)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict[str, Any]]:
-    """The T > 0 minimising the NLL of softmax(logits / T) (Guo et al. 2017, "On Calibration of
-    Modern Neural Networks"), searched on log T in [-4, 4]."""
+    """The T > 0 minimising the cross-entropy of softmax(logits / T) (Guo et al. 2017, "On
+    Calibration of Modern Neural Networks") against *smoothed* targets, searched on log T.
+
+    A handful of held-out predictions that are all right cannot prove certainty, yet plain NLL
+    then drives T to its lower bound and every probability to 1 (seen: T = 0.024 on 25 Caltech
+    photos). So, as Platt (1999) does for his sigmoid, the target of the right class is
+    (n + 1) / (n + 2) for n held-out predictions rather than 1 (the rest shared by the other
+    classes): what Laplace's rule of succession allows after n successes. With many predictions
+    the targets tend to one-hot and the fit to plain temperature scaling.
+
+    Args:
+        logits: (n, num_classes) held-out logits; labels: (n,) their true classes.
+    """
     from scipy.optimize import minimize_scalar
 
     logits = logits.double()
+    n, num_classes = logits.shape
+    right = (n + 1) / (n + 2)
+    targets = torch.full((n, num_classes), (1 - right) / max(num_classes - 1, 1), dtype=torch.float64)
+    targets[torch.arange(n), labels] = right
+
+    def loss(log_t: float) -> float:
+        return float(-(targets * (logits / math.exp(log_t)).log_softmax(dim=1)).sum(dim=1).mean())
 
     def nll(log_t: float) -> float:
-        return float(F.cross_entropy(logits / math.exp(log_t), labels))
+        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
 
-    best = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded", options={"xatol": 1e-4})
+    low, high = LOG_T_BOUNDS
+    best = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-4})
     temperature = math.exp(best.x)
-    return temperature, {"temperature": round(temperature, 6), "nll_before": round(nll(0.0), 4), "nll_after": round(nll(best.x), 4)}
+    report = {
+        "temperature": round(temperature, 6),
+        "held_out_predictions": n,
+        "target_of_right_class": round(right, 4),
+        "nll_before": round(nll(0.0), 4),
+        "nll_after": round(nll(best.x), 4),
+    }
+    if min(best.x - low, high - best.x) < 1e-2:
+        report["on_search_bound"] = True
+    return temperature, report
 
 
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:

@@ -18,10 +18,11 @@ from fewtune.backbones import Backbone
 from fewtune.calibration import fit_temperature
 from fewtune.errors import FewtuneError
 from fewtune.inputs import ImageInput, embed_items, expand
-from fewtune.openset import calibrate_threshold, novelty
+from fewtune import transduction
+from fewtune.openset import calibrate_threshold, novelty, unknown_probability
 from fewtune.schema import FORMAT as FORMAT
 from fewtune.schema import FORMAT_VERSION as FORMAT_VERSION
-from fewtune.strategies import Prototype, Strategy
+from fewtune.strategies import Strategy
 from fewtune.strategies.base import class_means
 
 DEFAULT_UNKNOWN_LABEL = "unknown"
@@ -33,11 +34,17 @@ class Prediction:
 
     Attributes:
         label: the best class, or the unknown label when the input was rejected.
-        score: the best class's probability (also when rejected: how close it came).
-        top_k: ``(label, probability)`` pairs, best first.
-        probabilities: every class's probability, in the classifier's class order.
+        score: how sure the answer is: the class's probability, or for an unknown answer
+            ``unknown_probability`` (never the nearest class's probability, which may be high
+            although the input is like none of the classes).
+        top_k: ``(label, probability)`` pairs, best first: which classes came closest, with the
+            probabilities they would have if the input is one of the classes.
+        probabilities: every class's probability (given that it is one of them), in class order.
         novelty: 1 - cosine similarity to the nearest class prototype; higher = less familiar.
         is_unknown: novelty is above the classifier's threshold (open-set mode only).
+        nearest: the class that came closest (``top_k[0]``), also when the answer is unknown.
+        unknown_probability: how likely the input is of none of the classes: 1/2 at the
+            threshold, never 0 or 1 (see :func:`fewtune.openset.unknown_probability`).
     """
 
     path: str
@@ -47,16 +54,21 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     novelty: float = 0.0
     is_unknown: bool = False
+    nearest: str = ""
+    unknown_probability: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape scripts rely on: ``path, label, score, top_k: [{label, score}]``, then
-        ``is_unknown``, ``novelty`` and ``probabilities`` (``{class: p}`` in class order)."""
+        ``is_unknown``, ``nearest``, ``unknown_probability``, ``novelty`` and ``probabilities``
+        (``{class: p}`` in class order)."""
         return {
             "path": self.path,
             "label": self.label,
             "score": self.score,
             "top_k": [{"label": label, "score": score} for label, score in self.top_k],
             "is_unknown": self.is_unknown,
+            "nearest": self.nearest,
+            "unknown_probability": self.unknown_probability,
             "novelty": self.novelty,
             "probabilities": dict(self.probabilities),
         }
@@ -90,6 +102,9 @@ class Classifier:
         temperature: divides the strategy's logits so probabilities are calibrated.
         calibration: how ``temperature`` was fitted.
         training: summary of the data it was trained on (counts, skipped files, duplicates...).
+        pretrained: when ``backbone`` was fine-tuned, the pretrained backbone it came from;
+            novelty ("none of these") is measured on its embeddings (see :mod:`fewtune.openset`).
+        pretrained_support: (n, dim) the support images' embeddings by ``pretrained``.
     """
 
     backbone: Backbone
@@ -102,6 +117,13 @@ class Classifier:
     calibration: dict[str, Any] = field(default_factory=dict)
     open_set: OpenSet = field(default_factory=OpenSet)
     training: dict[str, Any] = field(default_factory=dict)
+    pretrained: Backbone | None = None
+    pretrained_support: torch.Tensor | None = None
+
+    @property
+    def novelty_support(self) -> torch.Tensor:
+        """The support embeddings novelty is measured against: never ones a tuned body was trained on."""
+        return self.support_features if self.pretrained_support is None else self.pretrained_support
 
     @property
     def classes_(self) -> np.ndarray:
@@ -119,19 +141,44 @@ class Classifier:
         )
 
     def refit(self) -> None:
-        """Fit the strategy, the temperature and the unknown threshold on the support set."""
+        """Fit the strategy, the temperature and the unknown threshold on the support set.
+
+        Both are fitted on predictions the model was not trained on: the temperature on the
+        strategy's held-out predictions (see :meth:`Strategy.held_out`), the threshold on
+        leave-one-out novelty of pretrained embeddings.
+        """
         check_class_names(self.classes, self.open_set.unknown_label)
         features, labels, num_classes = self.support_features, self.support_labels, len(self.classes)
         self.strategy.fit(features, labels, num_classes)
         self.fit_report = self.strategy.fit_report()
-        held_out = self.strategy.held_out_logits(features, labels, num_classes)
-        if held_out is None:
-            self.temperature, self.calibration = 1.0, {"temperature": 1.0, "method": "none (a class has one example)"}
+        held_out = self.strategy.held_out(features, labels, num_classes)
+        if held_out is None and self.pretrained is not None and "fine-tune" in self.calibration.get("method", ""):
+            # classes changed since the body was tuned: its held-out predictions are gone, the
+            # temperature they gave still describes how confident the tuned body is
+            self.calibration = {**self.calibration, "kept": "classes changed since fine-tuning"}
+        elif held_out is None:
+            self.temperature, self.calibration = 1.0, {"temperature": 1.0, "method": "none (nothing to hold out: a class has one example)"}
         else:
-            self.temperature, self.calibration = fit_temperature(held_out, labels)
-            self.calibration["method"] = "temperature scaling on held-out support predictions"
-        threshold, how = calibrate_threshold(features, labels, num_classes)
+            logits, truth, how = held_out
+            self.temperature, self.calibration = fit_temperature(logits, truth)
+            self.calibration["method"] = f"temperature scaling on {how}"
+        threshold, how = calibrate_threshold(self.novelty_support, labels, num_classes)
         self.open_set = replace(self.open_set, threshold=threshold, calibration=how)
+
+    def embed(
+        self, inputs: ImageInput | list[ImageInput], *, skip_bad: bool = False, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Embeddings of the inputs for the strategy and for novelty (the same tensor unless the
+        body was fine-tuned), and the indices (into ``expand(inputs)``) of the images kept: all
+        unless ``skip_bad``."""
+        items = expand(inputs)
+        features, kept = embed_items(self.backbone, items, skip_bad=skip_bad, progress=progress)
+        position = {id(item): i for i, item in enumerate(items)}
+        indices = [position[id(item)] for item in kept]
+        if self.pretrained is None:
+            return features, features, indices
+        pretrained, _ = embed_items(self.pretrained, kept, progress=progress)
+        return features, pretrained, indices
 
     def predict(
         self,
@@ -157,12 +204,13 @@ class Classifier:
                 or ``"balanced"`` when the inputs hold about as many images of each class (see
                 :mod:`fewtune.transduction`); best for a batch of many unlabelled images.
         """
-        features, kept = embed_items(self.backbone, expand(inputs), skip_bad=skip_bad, progress=progress)
+        items = expand(inputs)
+        features, pretrained, kept = self.embed(items, skip_bad=skip_bad, progress=progress)
         predictions = self.predict_features(
             features, top_k, open_set=open_set, unknown_threshold=unknown_threshold,
-            unknown_label=unknown_label, transductive=transductive,
+            unknown_label=unknown_label, transductive=transductive, pretrained_features=pretrained,
         )  # fmt: skip
-        return [replace(p, path=item.name) for p, item in zip(predictions, kept)]
+        return [replace(p, path=items[i].name) for p, i in zip(predictions, kept)]
 
     def predict_features(
         self,
@@ -173,19 +221,24 @@ class Classifier:
         unknown_threshold: float | None = None,
         unknown_label: str | None = None,
         transductive: bool | str = False,
+        pretrained_features: torch.Tensor | None = None,
     ) -> list[Prediction]:
-        """:meth:`predict` for embeddings already computed by this classifier's backbone (paths empty)."""
+        """:meth:`predict` for embeddings already computed by this classifier's backbone (paths
+        empty). ``pretrained_features``: the same inputs embedded by :attr:`pretrained`, required
+        when the body was fine-tuned (novelty is measured on them)."""
         settings = self.open_set
         reject = settings.enabled if open_set is None else open_set
         threshold = settings.threshold if unknown_threshold is None else unknown_threshold
         unknown = settings.unknown_label if unknown_label is None else unknown_label
-        if transductive:
-            refined = Prototype(transductive=transductive)
-            refined.fit(self.support_features, self.support_labels, len(self.classes))
-            probabilities = refined.logits(features).softmax(dim=1) if len(features) else torch.empty(0, len(self.classes))
-        else:
-            probabilities = self.predict_proba_features(features)
-        novelty = self.novelty_features(features)
+        probabilities = self.predict_proba_features(features)  # the inductive answer
+        if transductive and len(features) >= 2:
+            support, labels, num_classes = self.support_features, self.support_labels, len(self.classes)
+            if transductive == "balanced":
+                probabilities = transduction.log_probabilities(support, labels, num_classes, features, True).exp()
+            elif (decided := transduction.decide(support, labels, num_classes, features)) is not None:
+                probabilities = decided[0].exp()  # else: refining does not pay for this batch, the inductive answer stands
+        novelty = self.novelty_features(features if pretrained_features is None else pretrained_features)
+        doubt = unknown_probability(novelty, threshold, float(settings.calibration.get("spread", 0.05)))
         k = max(1, min(top_k, len(self.classes)))
         scores, indices = probabilities.topk(k, dim=1)
         results = []
@@ -196,11 +249,13 @@ class Classifier:
                 Prediction(
                     path="",
                     label=unknown if is_unknown else ranked[0][0],
-                    score=ranked[0][1],
+                    score=round(float(doubt[row]), 6) if is_unknown else ranked[0][1],
                     top_k=ranked,
                     probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probabilities[row])},
                     novelty=round(float(novelty[row]), 6),
                     is_unknown=is_unknown,
+                    nearest=ranked[0][0],
+                    unknown_probability=round(float(doubt[row]), 6) if reject else 0.0,
                 )
             )
         return results
@@ -220,10 +275,11 @@ class Classifier:
         return (self.strategy.logits(features) / self.temperature).softmax(dim=1)
 
     def novelty_features(self, features: torch.Tensor) -> torch.Tensor:
-        """(n,) novelty of each embedding (see :mod:`fewtune.openset`)."""
+        """(n,) novelty of each embedding (see :mod:`fewtune.openset`). When the body was
+        fine-tuned, pass embeddings by :attr:`pretrained`, not by the tuned backbone."""
         if features.shape[0] == 0:
             return torch.empty(0)
-        return novelty(features, class_means(self.support_features, self.support_labels, len(self.classes)))
+        return novelty(features, class_means(self.novelty_support, self.support_labels, len(self.classes)))
 
     def add_examples(self, label: str, inputs: ImageInput | list[ImageInput], *, progress: bool = False) -> int:
         """Add a class from one or more examples, or more examples to a class, and refit.
@@ -232,17 +288,22 @@ class Classifier:
         Returns how many images were added.
         """
         check_class_names([*self.classes, label], self.open_set.unknown_label)
-        features, kept = embed_items(self.backbone, expand(inputs), progress=progress)
-        self.add_features(label, features)
+        features, pretrained, kept = self.embed(inputs, progress=progress)
+        self.add_features(label, features, pretrained_features=pretrained)
         return len(kept)
 
-    def add_features(self, label: str, features: torch.Tensor) -> None:
-        """:meth:`add_examples` for embeddings already computed by this classifier's backbone."""
+    def add_features(self, label: str, features: torch.Tensor, *, pretrained_features: torch.Tensor | None = None) -> None:
+        """:meth:`add_examples` for embeddings already computed by this classifier's backbone
+        (and by :attr:`pretrained`, required when the body was fine-tuned)."""
         check_class_names([*self.classes, label], self.open_set.unknown_label)
+        if self.pretrained_support is not None and pretrained_features is None:
+            raise ValueError("this classifier's body was fine-tuned: pass pretrained_features too")
         if label not in self.classes:
             self.classes.append(label)
         index = self.classes.index(label)
         self.support_features = torch.cat([self.support_features, features])
+        if self.pretrained_support is not None:
+            self.pretrained_support = torch.cat([self.pretrained_support, pretrained_features])
         self.support_labels = torch.cat([self.support_labels, torch.full((len(features),), index)])
         self.training.setdefault("per_class", {})[label] = int((self.support_labels == index).sum())
         self.refit()
@@ -256,6 +317,8 @@ class Classifier:
         index = self.classes.index(label)
         keep = self.support_labels != index
         self.support_features = self.support_features[keep]
+        if self.pretrained_support is not None:
+            self.pretrained_support = self.pretrained_support[keep]
         self.support_labels = self.support_labels[keep] - (self.support_labels[keep] > index).long()
         self.classes.pop(index)
         self.training.get("per_class", {}).pop(label, None)

@@ -63,7 +63,8 @@ def train(
         str,
         typer.Option(
             "--strategy", "-s",
-            help="auto: the strategy most accurate on held-out training examples (recorded in the model). "
+            help="auto: the strategy most accurate on held-out training examples (recorded in the model); "
+            "it fine-tunes the body only when tuning on half the images beats frozen features on the other half (--no-tune: never). "
             "prototype: nearest class mean, no training, works from 1 example per class. "
             "probe: logistic-regression head on frozen features (transfer learning). "
             "finetune: a new head imprinted from the class means; the top of the network fine-tuned "
@@ -112,6 +113,9 @@ def train(
     unknown_label: Annotated[str, typer.Option(help="Label for inputs of no known class; no class may be named so.")] = "unknown",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images and list them, instead of stopping.")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse embeddings from the on-disk feature cache.")] = True,
+    no_tune: Annotated[
+        bool, typer.Option("--no-tune", help="auto: never fine-tune the body (frozen strategies only: seconds, not tens of seconds).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Train a classifier on labelled images and save it as a folder (config.json + safetensors)."""
@@ -129,6 +133,10 @@ def train(
                 raise FewtuneError(f"{flag} applies to --strategy {owner} only, not {strategy}")
             if flag not in ("--resume", "--lr-find"):
                 hyperparameters[flag.strip("-").replace("-", "_")] = value
+    if no_tune:
+        if strategy != "auto":
+            raise FewtuneError(f"--no-tune applies to --strategy auto only, not {strategy} (for finetune: --unfreeze none)")
+        hyperparameters["candidates"] = ["probe", "prototype"]
     output = output or data.with_name(f"{data.stem}.fewtune")
     if lr_find is not None:
         from fewtune.trainer import find_lr
@@ -145,7 +153,8 @@ def train(
         classifier = train_classifier(
             data, strategy, backbone=backbone, weights=weights, skip_bad=skip_bad, cache=cache, progress=not quiet,
             open_set=open_set, unknown_label=unknown_label, checkpoint=checkpoint if strategy == "finetune" else None,
-            resume=resume, **hyperparameters,
+            resume=resume, notify=None if quiet else lambda message: err.print(message, highlight=False),
+            **hyperparameters,
         )  # fmt: skip
     except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
         err.print(f"interrupted: {exc}" if str(exc) else "interrupted", highlight=False, soft_wrap=True)
@@ -196,10 +205,17 @@ def _print_training_summary(classifier, output: Path) -> None:
 
 def _describe_fit(fit: dict) -> list[str]:
     """What fitting chose; for ``finetune``, the body and head decisions and how training went."""
+    lines = []
+    if "chosen" in fit:  # auto
+        fit = dict(fit)
+        lines.append(f"auto chose {fit.pop('chosen')}: {fit.pop('why', '')}")
+        fit.pop("held_out_accuracy", None)
+        if skipped := fit.pop("fine-tuning", None):
+            lines.append(f"body not fine-tuned: {skipped.get('why', '')}")
     if "body" not in fit:
-        return ["fit: " + _human_settings(fit)] if fit else []
+        return lines + (["fit: " + _human_settings(fit)] if fit else [])
     body, head = fit["body"], fit["head"]
-    lines = [f"body: unfreeze {body.get('unfreeze', 'none')} ({body.get('why', 'as saved')})"]
+    lines.append(f"body: unfreeze {body.get('unfreeze', 'none')} ({body.get('why', 'as saved')})")
     if result := body.get("result"):
         best = f", kept epoch {result['best_epoch']} (validation accuracy {result['val_accuracy']:.1%})" if result["best_epoch"] is not None else ""
         lines.append(
@@ -289,11 +305,11 @@ def predict(
         typer.Option(
             "--json",
             help="Print one JSON array, an object per image: path, label, score, top_k: [{label, score}], "
-            "is_unknown, novelty, probabilities: {class: p}.",
+            "is_unknown, nearest, unknown_probability, novelty, probabilities: {class: p}.",
         )
     ] = False,
     as_csv: Annotated[
-        bool, typer.Option("--csv", help="Print CSV: path,label,score,top_k (label:score;...),is_unknown,novelty.")
+        bool, typer.Option("--csv", help="Print CSV: path,label,score,top_k (label:score;...),is_unknown,novelty,nearest,unknown_probability.")
     ] = False,
     open_set: Annotated[
         Optional[bool],
@@ -342,10 +358,10 @@ def predict(
     elif as_csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "score", "top_k", "is_unknown", "novelty"])
+        writer.writerow(["path", "label", "score", "top_k", "is_unknown", "novelty", "nearest", "unknown_probability"])
         for p in predictions:
             top = ";".join(f"{label}:{s:.6f}" for label, s in p.top_k)
-            writer.writerow([p.path, p.label, f"{p.score:.6f}", top, str(p.is_unknown).lower(), f"{p.novelty:.6f}"])
+            writer.writerow([p.path, p.label, f"{p.score:.6f}", top, str(p.is_unknown).lower(), f"{p.novelty:.6f}", p.nearest, f"{p.unknown_probability:.6f}"])
         sys.stdout.write(buffer.getvalue())
     else:
         _print_predictions(predictions, top_k)
@@ -365,7 +381,7 @@ def _print_predictions(predictions: list, top_k: int) -> None:
     header = ["image", "label", "score", "novelty", *(["next best"] if top_k > 1 else [])]
     rows = []
     for p in predictions:
-        label = f"{p.label} (nearest: {p.top_k[0][0]})" if p.is_unknown else p.label
+        label = f"{p.label} (nearest: {p.nearest})" if p.is_unknown else p.label  # score: P(unknown), not the nearest's
         others = ", ".join(f"{name} {s:.2f}" for name, s in p.top_k[1:])
         rows.append([p.path, label, f"{p.score:.3f}", f"{p.novelty:.3f}", *([others] if top_k > 1 else [])])
     if not sys.stdout.isatty():

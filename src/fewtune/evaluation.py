@@ -12,7 +12,6 @@ import torch
 from fewtune.calibration import expected_calibration_error
 from fewtune.classifier import Classifier
 from fewtune.dataset import Dataset
-from fewtune.features import embed_files
 from fewtune.strategies.base import normalize
 
 
@@ -79,16 +78,15 @@ def evaluate(
     cosine >= :data:`SAME_PICTURE`) are counted in ``Report.duplicates_of_training``, and left
     out with ``dedupe``.
     """
-    embedded = embed_files(classifier.backbone, data.paths, skip_bad=skip_bad, progress=progress)
-    names = [data.classes[data.labels[i]] for i in embedded.kept]
-    paths = [str(data.paths[i]) for i in embedded.kept]
-    features = embedded.features
-    similarity = normalize(features) @ normalize(classifier.support_features).T
+    features, pretrained, kept = classifier.embed(data.paths, skip_bad=skip_bad, progress=progress)
+    names = [data.classes[data.labels[i]] for i in kept]
+    paths = [str(data.paths[i]) for i in kept]
+    similarity = normalize(pretrained) @ normalize(classifier.novelty_support).T
     copies = similarity.max(dim=1).values >= SAME_PICTURE if len(features) else torch.zeros(0, dtype=torch.bool)
     duplicates = [p for p, c in zip(paths, copies.tolist()) if c]
     if dedupe and duplicates:
         keep = (~copies).nonzero().flatten().tolist()
-        names, paths, features = [names[i] for i in keep], [paths[i] for i in keep], features[keep]
+        names, paths, features, pretrained = [names[i] for i in keep], [paths[i] for i in keep], features[keep], pretrained[keep]
     known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
     logits = classifier.strategy.logits(features[known])
     probabilities = (logits / classifier.temperature).softmax(1)
@@ -111,7 +109,7 @@ def evaluate(
     confidence = probabilities.max(1).values
     wrong = (predicted != truth).nonzero().flatten().tolist()
     wrong.sort(key=lambda i: -float(confidence[i]))
-    novelty = classifier.novelty_features(features)
+    novelty = classifier.novelty_features(pretrained)
     threshold = classifier.open_set.threshold
     unknown_names = sorted({n for n, k in zip(names, known.tolist()) if not k})
     return Report(

@@ -58,7 +58,9 @@ def expand(inputs: ImageInput | Sequence[ImageInput]) -> list[Item]:
         if run:
             items.extend(Item(name=str(p), path=p) for p in collect_inputs(run))
             run = []
-        if position < len(entries):
+        if isinstance(entry, Item):  # already expanded (e.g. by Classifier.predict)
+            items.append(entry)
+        elif position < len(entries):
             items.append(Item(name=f"<image {position}>", picture=to_picture(entry, position)))
     if not items:
         raise FewtuneError("no images to predict: pass image files, folders, glob patterns or pictures")

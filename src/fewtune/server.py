@@ -92,20 +92,28 @@ class Teacher:
         self.backbone, self.config = backbone, config
         self._lock = threading.Lock()
         self.examples: dict[str, torch.Tensor] = {}
+        #: a fine-tuned classifier measures novelty on pretrained embeddings: kept beside the tuned ones
+        self.pretrained = classifier.pretrained if classifier is not None else None
+        self.pretrained_examples: dict[str, torch.Tensor] = {}
         self.classifier = classifier
         if classifier is not None:
             config.strategy = classifier.strategy.name
             config.open_set = replace(classifier.open_set)
             for index, label in enumerate(classifier.classes):
                 self.examples[label] = classifier.support_features[classifier.support_labels == index]
+                if classifier.pretrained_support is not None:
+                    self.pretrained_examples[label] = classifier.pretrained_support[classifier.support_labels == index]
 
     def counts(self) -> dict[str, int]:
         return {label: len(features) for label, features in self.examples.items()}
 
-    def add(self, label: str, features: torch.Tensor) -> None:
+    def add(self, label: str, features: torch.Tensor, pretrained_features: torch.Tensor | None = None) -> None:
         with self._lock:
             previous = self.examples.get(label)
             self.examples[label] = features if previous is None else torch.cat([previous, features])
+            if self.pretrained is not None and pretrained_features is not None:
+                previous = self.pretrained_examples.get(label)
+                self.pretrained_examples[label] = pretrained_features if previous is None else torch.cat([previous, pretrained_features])
             self._rebuild()
 
     def remove(self, label: str) -> None:
@@ -113,6 +121,7 @@ class Teacher:
             if label not in self.examples:
                 raise KeyError(label)
             del self.examples[label]
+            self.pretrained_examples.pop(label, None)
             self._rebuild()
 
     def retrain(self, strategy: str | None = None) -> None:
@@ -137,6 +146,8 @@ class Teacher:
             support_labels=labels,
             open_set=replace(self.config.open_set),
             training={"source": "fewtune serve", "images": len(labels), "per_class": self.counts()},
+            pretrained=self.pretrained,
+            pretrained_support=torch.cat(list(self.pretrained_examples.values())) if self.pretrained is not None else None,
         )
         classifier.refit()
         self.classifier = classifier
@@ -183,6 +194,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
     """The ASGI app. ``classifier`` seeds it (e.g. a loaded model); without one it starts empty."""
     config = config or ServerConfig()
     backbone.model  # noqa: B018 - build the network now (it is lazy), not inside the first request
+    if classifier is not None and classifier.pretrained is not None:
+        classifier.pretrained.model  # noqa: B018
 
     def require_token(request: Request) -> None:
         given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")  # bytes: any header compares
@@ -308,7 +321,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
             raise HTTPException(409, "teach at least two classes before predicting (POST /classes/{label}/examples)")
         pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
-        predictions = current.predict_features(features, top_k, open_set=open_set)
+        pretrained = await run_in_threadpool(embed_images, current.pretrained, pictures) if current.pretrained is not None else None
+        predictions = current.predict_features(features, top_k, open_set=open_set, pretrained_features=pretrained)
         return [{**p.to_dict(), "path": name} for p, (name, _) in zip(predictions, items)]
 
     @app.post("/classes/{label}/examples", dependencies=[Depends(require_token)])
@@ -317,7 +331,8 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         items = await read_images(request)
         pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
-        await run_in_threadpool(teacher.add, label, features)
+        pretrained = await run_in_threadpool(embed_images, teacher.pretrained, pictures) if teacher.pretrained is not None else None
+        await run_in_threadpool(teacher.add, label, features, pretrained)
         return {"label": label, "added": len(items), "examples": teacher.counts()[label], "ready": teacher.classifier is not None}
 
     @app.delete("/classes/{label}", dependencies=[Depends(require_token)])

@@ -78,6 +78,8 @@ def _write(classifier: Classifier, config: dict[str, Any], path: Path) -> None:
         "strategy.safetensors": classifier.strategy.state_dict(),
         "support.safetensors": {"features": classifier.support_features, "labels": classifier.support_labels},
     }
+    if classifier.pretrained_support is not None:  # a tuned body: novelty is measured on these
+        tensors["support.safetensors"]["pretrained_features"] = classifier.pretrained_support
     if classifier.backbone.tuned_sha256:
         tensors["body.safetensors"] = classifier.backbone.model.state_dict()
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
@@ -166,16 +168,25 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         )
     if backbone.dim != saved["embedding_dim"]:
         raise FewtuneError(f"{path}/config.json: backbone.embedding_dim is {saved['embedding_dim']} but {saved['name']} gives {backbone.dim}; train the classifier again")
+    pretrained = None
     if saved.get("tuned_sha256"):
+        pretrained = replace(backbone, preprocessing=copy.deepcopy(config["preprocessing"]))
         backbone = _load_tuned_body(path, folder, save_id, backbone, saved["tuned_sha256"])
     backbone = replace(backbone, preprocessing=copy.deepcopy(config["preprocessing"]))  # as trained, not today's default
     strategy = _strategy(path, config)
     state = _tensors(path, folder / "strategy.safetensors", save_id)
     support = _tensors(path, folder / "support.safetensors", save_id)
-    if set(support) != {"features", "labels"}:
+    if set(support) - {"pretrained_features"} != {"features", "labels"}:
         raise FewtuneError(f"{path}/support.safetensors: expected the tensors features and labels, got {', '.join(support) or 'none'}; train the classifier again")
     features, labels = support["features"].float(), support["labels"].long()
     check_tensors(config, support["features"], support["labels"], state)
+    pretrained_support = support.get("pretrained_features")
+    if pretrained_support is not None:
+        if pretrained is None or pretrained_support.shape != support["features"].shape or not bool(torch.isfinite(pretrained_support).all()):
+            raise FewtuneError(f"{path}/support.safetensors: pretrained_features {tuple(pretrained_support.shape)} do not match the support features; train the classifier again")
+        pretrained_support = pretrained_support.float()
+    else:
+        pretrained = None  # saved before novelty moved to pretrained embeddings: measured on the tuned ones
     try:
         strategy.load_state_dict(state)
         probe = strategy.logits(features[:1])
@@ -194,6 +205,8 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         calibration=config["calibration"],
         open_set=OpenSet(**{**config["open_set"], "threshold": float(config["open_set"]["threshold"])}),
         training=config.get("training") or {},
+        pretrained=pretrained,
+        pretrained_support=pretrained_support,
     )
 
 

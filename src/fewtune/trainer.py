@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,15 @@ def train(
     unknown_label: str = DEFAULT_UNKNOWN_LABEL,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    notify: Callable[[str], None] | None = None,
     **hyperparameters: Any,
 ) -> Classifier:
     """Train a classifier on a folder of ``<class>/<image>`` files or a ``path,label`` CSV.
 
     Args:
         data: the labelled images (a path, or a :class:`Dataset` already loaded).
-        strategy: ``"auto"`` (the one best on held-out training examples), ``"prototype"`` (no
+        strategy: ``"auto"`` (the one best on held-out training examples; it fine-tunes the body
+            only where a cross-fitted tune shows that it pays), ``"prototype"`` (no
             training, works from one example), ``"probe"`` (linear head on frozen features) or
             ``"finetune"`` (new head, then the top of the body if it pays); see :mod:`fewtune.strategies`.
         backbone: a registered backbone name, a timm architecture (with ``weights``), or a built
@@ -56,6 +59,7 @@ def train(
         unknown_label: the label of rejected inputs; no class may be named so.
         checkpoint: folder where ``finetune`` saves a checkpoint after every epoch.
         resume: continue fine-tuning from ``checkpoint``.
+        notify: called with a one-line message before slow work (fine-tuning, with its expected time).
         **hyperparameters: passed to the strategy, e.g. ``l2=0.01`` for ``probe``.
     """
     started = time.perf_counter()
@@ -72,12 +76,14 @@ def train(
         raise FewtuneError(f"{dataset.source}: class {empty[0]!r} has no readable images left after skipping bad files")
     kept_paths = [dataset.paths[i] for i in embedded.kept]
     features = embedded.features
+    pretrained, pretrained_support = None, None
     if getattr(model, "needs_images", False):
         tuned = model.tune(
             backbone, kept_paths, labels, features, len(dataset.classes),
-            progress=progress, checkpoint=Path(checkpoint) if checkpoint else None, resume=resume,
+            progress=progress, checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, notify=notify,
         )  # fmt: skip
         if tuned is not backbone:
+            pretrained, pretrained_support = backbone, features  # novelty stays on pretrained embeddings
             backbone, features = tuned, embed_files(tuned, kept_paths, cache=cache, progress=progress).features
     summary = {
         "source": str(dataset.source),
@@ -99,6 +105,8 @@ def train(
         support_labels=labels,
         open_set=OpenSet(enabled=open_set, unknown_label=unknown_label),
         training=summary,
+        pretrained=pretrained,
+        pretrained_support=pretrained_support,
     )
     with Status(f"fitting {strategy}: the head, calibration and the unknown threshold", enabled=progress):
         classifier.refit()

@@ -64,6 +64,14 @@ class Strategy(abc.ABC):
             out[fold == f] = copy.logits(features[fold == f]).float()
         return out
 
+    def held_out(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """Predictions of support examples by a model not trained on them, for calibration:
+        ``(logits, their labels, how they were made)``, or None when nothing can be held out.
+        By default :meth:`held_out_logits` on every example; a strategy that also trains on the
+        images (a tuned body) overrides this with predictions of images held out of tuning."""
+        logits = self.held_out_logits(features, labels, num_classes)
+        return None if logits is None else (logits, labels, "held-out support predictions")
+
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities, (n, num_classes), rows in the order of the classifier's classes."""
         return self.logits(features).softmax(dim=1)

@@ -25,12 +25,15 @@ import copy
 import math
 from dataclasses import asdict
 from pathlib import Path
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from fewtune.backbones import Backbone
+from fewtune.features import embed_images
 from fewtune.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, parse_unfreeze, train_head, tune_body
 from fewtune.strategies.base import Strategy, check_support, stratified_folds
 
@@ -48,6 +51,9 @@ FAMILIARITY = 0.25
 #: block stages with conv_head. On development episodes (Omniglot 5-way 5-shot, seed 1, not the
 #: reported ones) top:3 reached 97.0% against 95.3% for top:2, at 27 s against 16 s per task.
 AUTO_TOP = 3
+#: ``auto`` with one example in a class has no held-out images to check a tune against, so it
+#: tunes only when the images are very far from ImageNet (see :meth:`Finetune._choose_body`)
+FAMILIARITY_ONE_SHOT = 0.15
 
 
 class Finetune(Strategy):
@@ -69,6 +75,8 @@ class Finetune(Strategy):
         self.tuning: dict[str, Any] = dict(tuning or {})
         self.head: CosineHead | None = None
         self._report: dict[str, Any] = {}
+        #: logits of the images held out of the cross-fitted tune (see :meth:`tune`), for calibration
+        self._cross_fit: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- images: the body ----------------------------------------------------------------------
 
@@ -83,20 +91,52 @@ class Finetune(Strategy):
         progress: bool = False,
         checkpoint: Path | None = None,
         resume: bool = False,
+        require_gain: bool = False,
+        notify: Callable[[str], None] | None = None,
     ) -> Backbone:
         """Fine-tune the body if it pays, on a copy: returns the backbone to embed with from now on.
+
+        With 2+ images in every class the body is first tuned on half of each class's images and
+        the other half is classified (a cross-fitted tune). Those held-out predictions fit the
+        temperature (see :meth:`held_out`): predictions of the fully tuned model's own support
+        images are near-certain and would teach the calibration nothing. With ``require_gain``
+        (what ``auto`` asks), the body is then tuned on every image only when the cross-fitted
+        tune classified more held-out images right than the better of ``probe`` and ``prototype``
+        fitted on the same half of frozen embeddings.
 
         Args:
             paths, labels: the support images and their classes; features: their frozen embeddings.
             checkpoint, resume: see :func:`fewtune.finetuning.tune_body`.
+            require_gain: keep the pretrained body unless held-out evidence says tuning pays.
+            notify: called with a one-line message before the slow work starts (the time it will take).
         """
         check_support(features, labels, num_classes)
-        top, why = self._choose_body(backbone, features, labels, num_classes)
+        self._cross_fit = None
+        top, why = self._choose_body(backbone, features, labels, num_classes, require_gain)
         self.tuning = {"unfreeze": "none" if top == 0 else ("all" if top is None else f"top:{top}"), "why": why}
         if top == 0:
             return backbone
-        train, validation = _validation_split(labels, num_classes, self.config.val_split, self.config.seed)
+        can_cross_fit = int(torch.bincount(labels, minlength=num_classes).min()) >= 2
+        if notify is not None:
+            runs = 2 if can_cross_fit else 1
+            notify(f"fine-tuning: {why}; about {runs * estimate_tune_seconds(backbone, self.config, len(paths)):.0f} s")
         pictures = load_pictures(paths)
+        if can_cross_fit:
+            evidence = self._cross_fitted_tune(backbone, pictures, labels, features, num_classes, top, progress)
+            self.tuning["cross_fit"] = evidence
+            if require_gain and evidence["tuned_correct"] <= evidence["frozen_correct"]:
+                self.tuning.update(unfreeze="none", why=(
+                    f"{why}; but a body tuned on half of each class classified {evidence['tuned_correct']} of the other "
+                    f"{evidence['held_out']} images right, against {evidence['frozen_correct']} for frozen features: kept frozen"
+                ))  # fmt: skip
+                self._cross_fit = None
+                return backbone
+            if require_gain:
+                self.tuning["why"] += (
+                    f"; a body tuned on half of each class classified {evidence['tuned_correct']} of the other "
+                    f"{evidence['held_out']} images right, against {evidence['frozen_correct']} for frozen features"
+                )
+        train, validation = _validation_split(labels, num_classes, self.config.val_split, self.config.seed)
         tuned = copy.deepcopy(backbone)
         result = tune_body(
             tuned, [pictures[i] for i in train], labels[train], num_classes, self.config, top,
@@ -106,15 +146,58 @@ class Finetune(Strategy):
         self.tuning["result"] = result.to_dict()
         if result.best_epoch == 0:
             self.tuning["why"] += "; tuning did not beat the frozen body on the validation images, so it was undone"
+            self._cross_fit = None
             return backbone
         return tuned.with_tuned_body()
 
-    def _choose_body(self, backbone: Backbone, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[int | None, str]:
-        """How many stages to open (0 = none, None = all), and why."""
+    def _cross_fitted_tune(
+        self, backbone: Backbone, pictures: list, labels: torch.Tensor, features: torch.Tensor, num_classes: int,
+        top: int | None, progress: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Tune a copy on one half of each class, classify the other half with it and with frozen
+        features; keeps the tuned model's held-out logits for calibration."""
+        from fewtune.strategies.probe import Probe
+        from fewtune.strategies.prototype import Prototype
+
+        fold = stratified_folds(labels, num_classes, 2, seed=self.config.seed)
+        train, held = (fold == 0).nonzero().flatten(), (fold == 1).nonzero().flatten()
+        copy_ = copy.deepcopy(backbone)
+        tune_body(copy_, [pictures[i] for i in train], labels[train], num_classes, self.config, top, progress=progress)
+        tuned_train = embed_images(copy_, [pictures[i] for i in train])
+        tuned_held = embed_images(copy_, [pictures[i] for i in held])
+        trained, _ = self._choose_head(tuned_train, labels[train], num_classes)
+        logits = self._fit_head(tuned_train, labels[train], num_classes, trained)(tuned_held).detach()
+        frozen = {}
+        for candidate in (Probe(), Prototype()):
+            candidate.fit(features[train], labels[train], num_classes)
+            frozen[candidate.name] = int((candidate.logits(features[held]).argmax(1) == labels[held]).sum())
+        self._cross_fit = (logits, labels[held])
+        return {
+            "held_out": len(held),
+            "tuned_correct": int((logits.argmax(1) == labels[held]).sum()),
+            "frozen_correct": max(frozen.values()),
+            "frozen_correct_by_strategy": frozen,
+        }
+
+    def _choose_body(
+        self, backbone: Backbone, features: torch.Tensor, labels: torch.Tensor, num_classes: int, require_gain: bool = False
+    ) -> tuple[int | None, str]:
+        """How many stages to open (0 = none, None = all), and why: the stages worth a
+        cross-fitted tune with ``require_gain``, which then has the last word."""
         setting = parse_unfreeze(self.config.unfreeze)
         if setting != "auto":
             return {"none": 0, "all": None}.get(setting, setting), "set by --unfreeze"  # type: ignore[return-value]
         familiarity = imagenet_familiarity(backbone, features)
+        if require_gain and int(torch.bincount(labels, minlength=num_classes).min()) < 2:
+            if familiarity is not None and familiarity < FAMILIARITY_ONE_SHOT:
+                return AUTO_TOP, (
+                    f"one example per class of images far from ImageNet (top-1 probability {familiarity:.2f} < "
+                    f"{FAMILIARITY_ONE_SHOT}), where tuning gained on every task measured"
+                )
+            return 0, (
+                "a class has one example: nothing to hold out to check that tuning pays"
+                + (f", and the images are not far enough from ImageNet (top-1 probability {familiarity:.2f} >= {FAMILIARITY_ONE_SHOT})" if familiarity is not None else "")
+            )
         if int(torch.bincount(labels, minlength=num_classes).min()) >= 2:
             accuracy = leave_one_out_accuracy(features, labels, num_classes)
             if accuracy < HEADROOM:
@@ -171,6 +254,16 @@ class Finetune(Strategy):
         trained = scores[True] > scores[False]
         return trained, f"held-out accuracy {scores[True]:.1%} trained vs {scores[False]:.1%} imprinted"
 
+    def held_out(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """When the body was tuned, predictions of the images held out of the cross-fitted tune
+        (the support features themselves were trained on); otherwise the head's own held-out ones."""
+        if self.tuning.get("result") is None:
+            return super().held_out(features, labels, num_classes)
+        if self._cross_fit is not None and self._cross_fit[0].shape[1] == num_classes:
+            logits, truth = self._cross_fit
+            return logits, truth, "predictions of support images held out of a cross-fitted fine-tune"
+        return None  # a tuned body with one example in a class, or classes changed since tuning
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.head is None:
             raise RuntimeError("call fit() first")
@@ -203,6 +296,21 @@ def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, num_cla
     own = sums[labels] - unit  # each example's class mean without it
     similarity[torch.arange(len(labels)), labels] = (unit * F.normalize(own, dim=1)).sum(1)
     return float((similarity.argmax(1) == labels).float().mean())
+
+
+def estimate_tune_seconds(backbone: Backbone, config: FinetuneConfig, images: int) -> float:
+    """Rough seconds for one :func:`~fewtune.finetuning.tune_body` on this machine: a timed
+    forward of a small batch, scaled by the views and steps the config implies (backward and
+    the optimiser counted as two more forwards of the open stages)."""
+    from fewtune.finetuning import TARGET_STEPS, views_per_image
+
+    size = backbone.preprocessing.get("input_size", (3, 224, 224))
+    batch = torch.zeros(4, *size).contiguous(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    backbone.embed(batch)
+    per_image = (time.perf_counter() - started) / 4
+    views = views_per_image(config, images) * images
+    return per_image * (views + 3 * TARGET_STEPS * config.batch_size)
 
 
 def imagenet_familiarity(backbone: Backbone, features: torch.Tensor) -> float | None:

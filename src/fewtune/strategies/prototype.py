@@ -35,8 +35,8 @@ class Prototype(Strategy):
     def __init__(self, temperature: float = 0.1, transductive: bool | str = False):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if transductive not in (False, True, "balanced"):
-            raise ValueError(f"transductive must be false, true or 'balanced', got {transductive!r}")
+        if transductive not in (False, True, "balanced", "proportions"):
+            raise ValueError(f"transductive must be false, true, 'balanced' or 'proportions', got {transductive!r}")
         self.temperature = float(temperature)
         self.transductive = transductive
         self.support: torch.Tensor | None = None  # (n, dim), kept for transduction
@@ -56,6 +56,9 @@ class Prototype(Strategy):
             raise RuntimeError("call fit() before logits()")
         if not self.transductive or len(features) < 2:
             return normalize(features) @ self.prototypes.T / self.temperature
+        if self.transductive is True:  # the batch decides; where refining does not pay, no transduction
+            decided = transduction.decide(self.support, self.support_labels, len(self.prototypes), features)
+            return normalize(features) @ self.prototypes.T / self.temperature if decided is None else decided[0]
         balanced = self.transductive == "balanced"
         return transduction.log_probabilities(self.support, self.support_labels, len(self.prototypes), features, balanced)
 
