@@ -278,10 +278,11 @@ def json_text(data) -> str:
 def _describe_calibration(calibration: dict) -> str:
     if calibration.get("temperature", 1.0) == 1.0 and "nll_before" not in calibration:
         return f"probabilities: not calibrated ({calibration.get('method', 'none')}); 2+ examples per class enable it"
-    return (
-        f"probabilities: temperature {calibration['temperature']:.3g} fitted on held-out support predictions "
-        f"(NLL {calibration['nll_before']} -> {calibration['nll_after']})"
-    )
+    method = str(calibration.get("method", "temperature scaling on held-out support predictions"))
+    held_out = f"{calibration['held_out_predictions']} " if "held_out_predictions" in calibration else ""
+    where = held_out + method.removeprefix("temperature scaling on ")
+    kept = f"; {calibration['kept']}" if "kept" in calibration else ""
+    return f"probabilities: temperature {calibration['temperature']:.3g}, fitted on {where}{kept}"
 
 
 def _describe_open_set(settings) -> str:
