@@ -164,3 +164,14 @@ def test_the_server_measures_a_tuned_models_novelty_on_pretrained_embeddings(tin
         assert added.status_code == 200, added.text
         [again] = client.post("/predict", files=[("file", ("2.png", image.read_bytes(), "image/png"))]).json()
         assert again["nearest"] in ("blue", "teal") and not again["is_unknown"]
+
+
+def test_a_class_added_to_a_tuned_auto_model_keeps_the_tuned_head(tiny_backbone, colour_data, monkeypatch, tmp_path):
+    _cross_fit_says(monkeypatch, tuned_correct=3, frozen_correct=1)
+    classifier = fewtune.train(colour_data, backbone=tiny_backbone)
+    classifier.save(tmp_path / "m")
+    loaded = fewtune.load(tmp_path / "m", backbone=tiny_backbone)
+    temperature = loaded.temperature
+    loaded.add_examples("teal", [colour_data / "blue" / "0.png"])
+    assert loaded.fit_report["chosen"] == "finetune" and loaded.pretrained is not None
+    assert loaded.temperature == temperature and loaded.calibration.get("kept")  # no held-out predictions of new classes

@@ -53,7 +53,9 @@ class Auto(Strategy):
         self._report: dict[str, Any] = {}
         self.needs_images = "finetune" in self.candidates  # type: ignore[misc]
         self._tuned: Strategy | None = None  # a Finetune whose tune() kept a tuned body
-        self._tuning: dict[str, Any] | None = None  # why the body was not tuned
+        self._tuning: dict[str, Any] | None = None  # why the body was (not) tuned
+        if self.chosen is not None and self.chosen.name == "finetune":  # loaded: the body stays tuned on refits
+            self._tuned, self._tuning = self.chosen, dict(getattr(self.chosen, "tuning", {}))
 
     def tune(
         self,
