@@ -100,3 +100,36 @@ def test_adding_cached_images_to_a_loaded_classifier_builds_no_backbone(colour_d
     red = sorted(colour_data.glob("red/*"))
     assert loaded.add_examples("crimson", red[:2]) == 2  # cached by the training run
     assert "crimson" in loaded.classes and not loaded.backbone.built
+
+
+def test_a_busy_cache_is_never_taken_for_a_corrupt_one(tmp_path, monkeypatch):
+    import sqlite3
+
+    cache = FeatureCache(tmp_path, "f" * 64, 8)
+    cache.put_many({"a": np.ones(8, np.float32)})
+    calls = {"n": 0}
+
+    def busy(exc: Exception) -> None:
+        calls["n"] += 1
+
+    monkeypatch.setattr(cache, "_recover", busy)
+    real = cache._db
+
+    class Locked:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def execute(self, *args):
+            raise sqlite3.OperationalError("database is locked")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    cache._db = Locked()
+    cache.put_many({"b": np.ones(8, np.float32)})  # retried, then left uncached
+    assert cache.get_many(["a"]) == {} and calls["n"] == 0  # a busy read is a miss
+    cache._db = real
+    assert list(cache.get_many(["a"])) == ["a"]  # the file and its rows are still there

@@ -117,6 +117,9 @@ class FeatureCache:
                         if np.isfinite(vector).all():
                             found[key] = vector
             self._touch(list(found))
+        except sqlite3.OperationalError as exc:  # busy or locked: a miss, never a reason to drop the file
+            log.info("feature cache: read skipped (%s)", exc)
+            return {}
         except sqlite3.DatabaseError as exc:
             self._recover(exc)
             return {}
@@ -139,14 +142,23 @@ class FeatureCache:
             return
         now = time.time()
         data = [(key, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for key, v in rows.items()]
-        try:
-            with self._db:  # one transaction: a crash leaves all or none of these rows
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", data)
-                self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key, _ in data])
-        except sqlite3.DatabaseError as exc:
-            self._recover(exc)
-            return
+        for attempt in range(5):
+            try:
+                with self._db:  # one transaction: a crash leaves all or none of these rows
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", data)
+                    self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key, _ in data])
+                break
+            except sqlite3.OperationalError as exc:
+                # busy or locked by another writer: not corruption, so never move the file aside
+                # (that lost every other writer's rows); wait and try again, then leave these uncached
+                if attempt == 4:
+                    log.info("feature cache: %d rows not cached (%s)", len(data), exc)
+                    return
+                time.sleep(0.05 * 2**attempt)
+            except sqlite3.DatabaseError as exc:
+                self._recover(exc)
+                return
         try:
             self._evict()
         except sqlite3.OperationalError as exc:  # busy: the next write evicts
