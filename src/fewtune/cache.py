@@ -70,10 +70,20 @@ class FeatureCache:
         self.dim = dim
         self.max_bytes = max_cache_bytes() if max_bytes is None else max_bytes
         self._db: sqlite3.Connection | None = None
-        try:
-            self._db = self._open()
-        except (sqlite3.DatabaseError, OSError) as exc:
-            self._recover(exc)
+        for attempt in range(8):
+            try:
+                self._db = self._open()
+                break
+            except sqlite3.OperationalError as exc:
+                # busy: another process is creating or switching the same file to WAL (that lock is
+                # not covered by the busy timeout); never a reason to move the file aside
+                if attempt == 7:
+                    log.info("feature cache: busy, running uncached this time (%s)", exc)
+                    break
+                time.sleep(0.02 * 2**attempt)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                self._recover(exc)
+                break
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
