@@ -72,8 +72,7 @@ def calibrate_threshold(
         how = {"method": "leave-one-out conformal quantile", "target_known_recall": target}
     else:
         scores = 1 - best_other  # each example as if its class were unknown
-        spread = float(scores.std()) if len(scores) > 1 else 0.0
-        threshold = float(scores.mean()) + ONE_SHOT_MARGIN * spread
+        threshold = float(scores.mean()) + ONE_SHOT_MARGIN * (float(scores.std()) if len(scores) > 1 else 0.0)
         how = {"method": "one example per class: mean + 1 sd of each example's novelty against the other classes"}
     spread = float(scores.std()) if len(scores) > 1 else 0.0
     return threshold, {**how, "calibration_examples": len(scores), "spread": round(max(spread, 1e-3), 6)}

@@ -14,7 +14,7 @@ What the batch is assumed to hold decides how inputs are assigned:
 - ``balanced=True``: every class holds about as many batch inputs, so the assignment is an
   optimal-transport plan with equal class totals (Sinkhorn), as in PT-MAP. More accurate on
   balanced batches, far *worse* than no transduction on lopsided ones.
-- ``balanced=None`` (what ``--transductive`` does): the batch decides, see :func:`decide`.
+- :func:`decide` (what ``--transductive`` does): the batch chooses.
   Proportions are estimated first; when they are consistent with equal class counts (chi-square,
   :data:`BALANCE_LEVEL`) the balanced assignment is used. Otherwise, with one example in some
   class, the proportion-estimating answer; with 2+ examples in every class, none at all: the
@@ -61,22 +61,17 @@ def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, b
 
 
 def log_probabilities(
-    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool | None = None
+    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool = False
 ) -> torch.Tensor:
-    """(len(batch), num_classes) log-probabilities of each batch input's class, from all of them.
+    """(len(batch), num_classes) log-probabilities of each batch input's class, from all of them,
+    in the mode given; :func:`decide` lets the batch choose instead.
 
     Args:
         support: (n, dim) labelled embeddings; labels: (n,) in ``[0, num_classes)``, every class present.
         batch: (m, dim) unlabelled embeddings, classified together.
-        balanced: assume the batch holds about as many inputs of each class (see the module doc);
-            None: decide from the batch (:func:`looks_balanced` on the estimated class proportions).
+        balanced: assume the batch holds about as many inputs of each class (see the module doc).
     """
-    if balanced is not None:
-        return _refine(support, labels, num_classes, batch, balanced)[0]
-    decided = decide(support, labels, num_classes, batch)
-    if decided is None:
-        raise ValueError("transduction does not pay for this batch; use decide() and fall back to the inductive answer")
-    return decided[0]
+    return _refine(support, labels, num_classes, batch, balanced)[0]
 
 
 def decide(
