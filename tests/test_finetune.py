@@ -245,6 +245,22 @@ def test_auto_at_one_shot_asks_the_imagenet_classifier(real_backbone, photo_data
     assert top == 0 and "ImageNet-like" in why
 
 
+def test_auto_never_starts_a_tune_on_imagenet_like_photos(real_backbone, photo_data, monkeypatch):
+    """Even when frozen features look short of HEADROOM, ``auto`` (require_gain) keeps the body
+    on everyday photos: the cross-fitted tune costs seconds and never paid on Caltech."""
+    from fewtune.features import embed_files
+    from fewtune.strategies import finetune
+
+    monkeypatch.setattr(finetune, "HEADROOM", 1.01)  # leave-one-out alone would say "could pay"
+    dataset = fewtune.load_dataset(photo_data)
+    features = embed_files(real_backbone, dataset.paths).features
+    labels = torch.tensor(dataset.labels)
+    top, why = Finetune()._choose_body(real_backbone, features, labels, 3, require_gain=True)
+    assert top == 0 and "ImageNet-like" in why
+    top, _ = Finetune()._choose_body(real_backbone, features, labels, 3)  # --strategy finetune: may tune
+    assert top == finetune.AUTO_TOP
+
+
 def test_fine_tuning_real_photos_end_to_end(real_backbone, photo_data, tmp_path):
     classifier = fewtune.train(photo_data, "finetune", backbone=real_backbone, unfreeze="top:1", views=2, epochs=1, head_epochs=20)
     assert classifier.fit_report["body"]["result"]["steps"] >= 1
