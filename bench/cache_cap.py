@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewtune.cache import FeatureCache
+from fewtune.features.cache import FeatureCache
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     omniglot = None
     if args.omniglot:
         import fewtune
-        from fewtune.features import embed_files
+        from fewtune.features.embedding import embed_files
 
         dataset = fewtune.load_dataset(args.omniglot)
         embedded = embed_files(fewtune.create_backbone(), dataset.paths, cache=True)

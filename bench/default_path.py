@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 import fewtune
-from fewtune.calibration import expected_calibration_error
-from fewtune.dataset import Dataset
-from fewtune.episodes import mean_ci95, sample_episodes
+from fewtune.model.calibration import expected_calibration_error
+from fewtune.data.dataset import Dataset
+from fewtune.evaluate.episodes import mean_ci95, sample_episodes
 
 METRICS = ("closed_acc", "open_acc", "known_rejected", "unknown_rejected", "auroc", "ece_t1", "ece", "seconds")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import fewtune
-from fewtune.dataset import Dataset
-from fewtune.features import build_transform, embed_files
-from fewtune.images import load
+from fewtune.data.dataset import Dataset
+from fewtune.features.embedding import build_transform, embed_files
+from fewtune.data.images import load
 
 
 def subset(root: Path, images: int, classes: int) -> Dataset:

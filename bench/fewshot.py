@@ -22,9 +22,9 @@ from typing import Any
 
 
 import fewtune
-from fewtune.benchmark import Images, Setting, build_strategy, run_setting
-from fewtune.episodes import sample_episodes
-from fewtune.features import embed_files
+from fewtune.evaluate.benchmark import Images, Setting, build_strategy, run_setting
+from fewtune.evaluate.episodes import sample_episodes
+from fewtune.features.embedding import embed_files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -43,7 +43,7 @@ def task(args: argparse.Namespace):
     import torch
 
     import fewtune
-    from fewtune.episodes import sample_episodes
+    from fewtune.evaluate.episodes import sample_episodes
 
     dataset = fewtune.load_dataset(args.data)
     episode = sample_episodes(dataset.labels, args.way, args.shot, 1, 1, seed=args.seed)[0]
@@ -57,8 +57,8 @@ def measure(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
 
     import fewtune
-    from fewtune.features import build_transform, embed_files
-    from fewtune.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, train_head, tune_body
+    from fewtune.features.embedding import build_transform, embed_files
+    from fewtune.strategies.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, train_head, tune_body
     from fewtune.strategies.finetune import AUTO_TOP
 
     paths, labels, way = task(args)
@@ -99,7 +99,7 @@ def hand_loop(backbone, paths, labels, way, config) -> dict:
     import torch.nn.functional as F
     from PIL import Image, ImageOps
 
-    from fewtune.finetuning import TARGET_STEPS, view_transform, views_per_image
+    from fewtune.strategies.finetuning import TARGET_STEPS, view_transform, views_per_image
     from fewtune.strategies.finetune import AUTO_TOP
 
     first = len(backbone.model.blocks) - AUTO_TOP  # the top AUTO_TOP stages: blocks[first:], conv_head, bn2

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 import fewtune
-from fewtune.calibration import expected_calibration_error
-from fewtune.classifier import Classifier
-from fewtune.episodes import mean_ci95, sample_episodes
-from fewtune.features import embed_files
+from fewtune.model.calibration import expected_calibration_error
+from fewtune.model.classifier import Classifier
+from fewtune.evaluate.episodes import mean_ci95, sample_episodes
+from fewtune.features.embedding import embed_files
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 import fewtune
-from fewtune.benchmark import Images, episode_accuracy, load_episodes, sample_settings, save_episodes
-from fewtune.episodes import mean_ci95
-from fewtune.features import embed_files
+from fewtune.evaluate.benchmark import Images, episode_accuracy, load_episodes, sample_settings, save_episodes
+from fewtune.evaluate.episodes import mean_ci95
+from fewtune.features.embedding import embed_files
 
 FEWTUNE = ["prototype", "probe", "auto", "prototype:transductive=true", "prototype:transductive=balanced"]
 EASYFSL = ["PrototypicalNetworks", "SimpleShot", "BDCSPN", "TIM", "PTMAP"]

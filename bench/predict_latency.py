@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import fewtune
-    from fewtune.features import build_transform
-    from fewtune.images import load
+    from fewtune.features.embedding import build_transform
+    from fewtune.data.images import load
 
     classifier = fewtune.load(args.model)
     photos = [sorted(p.iterdir())[-1] for p in sorted(args.photos.iterdir()) if p.is_dir()][: args.images + 1]

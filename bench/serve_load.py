@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from fewtune.demo import demo_photos
+from fewtune.app.demo import demo_photos
 
 
 def free_port() -> int:

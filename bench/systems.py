@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def task(args: argparse.Namespace):
     import fewtune
-    from fewtune.episodes import sample_episodes
+    from fewtune.evaluate.episodes import sample_episodes
 
     dataset = fewtune.load_dataset(args.data)
     episode = sample_episodes(dataset.labels, 5, 5, 15, 1, seed=args.seed)[0]
@@ -178,8 +178,8 @@ def extraction(args: argparse.Namespace) -> dict:
     import torch
 
     import fewtune
-    from fewtune.features import build_transform, embed_files
-    from fewtune.images import load
+    from fewtune.features.embedding import build_transform, embed_files
+    from fewtune.data.images import load
 
     dataset = fewtune.load_dataset(args.data)
     paths = dataset.paths[:: max(1, len(dataset.paths) // args.extraction_images)][: args.extraction_images]

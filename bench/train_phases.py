@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import fewtune
-from fewtune import classifier, finetuning, trainer
+from fewtune.model import classifier
+from fewtune.strategies import finetuning
+from fewtune.model import training as trainer
 from fewtune.strategies import finetune as finetune_strategy
 
 PHASES = [

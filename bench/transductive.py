@@ -25,9 +25,9 @@ import torch
 from peers import easyfsl_accuracy
 
 import fewtune
-from fewtune.benchmark import episode_accuracy
-from fewtune.episodes import Episode, mean_ci95, sample_episodes
-from fewtune.features import embed_files
+from fewtune.evaluate.benchmark import episode_accuracy
+from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.features.embedding import embed_files
 
 METHODS = ["fewtune prototype", "fewtune probe", "fewtune prototype:transductive=true", "fewtune probe+transductive",
            "fewtune prototype:transductive=proportions", "fewtune prototype:transductive=balanced",
@@ -48,7 +48,7 @@ def lopsided(episode: Episode, labels: list[int], rng: np.random.Generator) -> E
 def model_level_accuracy(features: torch.Tensor, labels: list[int], episode: Episode) -> float:
     """`fewtune predict --transductive` on a `probe` classifier: the batch decides the mode, and
     where refining does not pay the classifier's own (inductive) answer stands."""
-    from fewtune import transduction
+    from fewtune.model import transduction
     from fewtune.strategies import Probe
 
     support_labels, query_labels = (torch.tensor(x) for x in episode.local_labels(labels))

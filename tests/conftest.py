@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import fewtune
-from fewtune.demo import demo_photos
+from fewtune.app.demo import demo_photos
 
 CHROMIUM = Path(os.environ.get("FEWTUNE_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("FEWTUNE_CHROMEDRIVER", "/usr/bin/chromedriver"))

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import fewtune
-from fewtune import backbones
-from fewtune.demo import demo_photos
+from fewtune.features import backbones
+from fewtune.app.demo import demo_photos
 from fewtune.errors import FewtuneError
-from fewtune.features import build_transform
-from fewtune.images import load
+from fewtune.features.embedding import build_transform
+from fewtune.data.images import load
 
 STRAWBERRY = 949  # ImageNet class index
 

@@ -176,7 +176,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, tiny_weights) -> Path:
     """A prototype classifier of red / green / blue pictures, trained once for the module."""
-    from fewtune.trainer import train
+    from fewtune.model.training import train
 
     data = tmp_path_factory.mktemp("colours")
     for c, (name, rgb) in enumerate(COLOURS.items()):
@@ -196,7 +196,7 @@ def tiny_flags(tiny_weights) -> list[str]:
 
 
 def test_valid_variants_decode_to_their_twin(corpus):
-    from fewtune import images
+    from fewtune.data import images
 
     for name, path in corpus["valid"].items():
         decoded = np.asarray(images.load(path), dtype=np.int16)
@@ -311,7 +311,7 @@ def _unwritable(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("where", ["root", "unwritable", "file", "foreign folder"])
 def test_output_that_cannot_take_a_model_fails_before_training(capsys, monkeypatch, colour_data, tmp_path, tiny_flags, where):
-    import fewtune.trainer
+    import fewtune.model.training
 
     target = {
         "root": Path("/"),
@@ -323,7 +323,7 @@ def test_output_that_cannot_take_a_model_fails_before_training(capsys, monkeypat
         target.write_text("keep me")
     if where == "foreign folder":
         make_image(target / "keep.png", RED)
-    monkeypatch.setattr(fewtune.trainer, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
+    monkeypatch.setattr(fewtune.model.training, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
     code, _, err = run(capsys, "train", colour_data, "-o", target, *tiny_flags)
     one_line_error(code, err, str(target))
     if where == "file":
@@ -420,8 +420,8 @@ def test_config_that_is_not_json_is_one_line(capsys, model, tmp_path):
 def client(model, tiny_weights, tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from fewtune.classifier import load
-    from fewtune.server import ServerConfig, create_app
+    from fewtune.model.classifier import load
+    from fewtune.app.server import ServerConfig, create_app
 
     config = ServerConfig(models_dir=tmp_path_factory.mktemp("served"), max_image_bytes=20_000_000)
     classifier = load(model)
@@ -461,7 +461,7 @@ def test_api_huge_but_legal_16_bit_png_stays_in_bounded_memory(tiny_weights, tmp
 from pathlib import Path
 from fastapi.testclient import TestClient
 import fewtune
-from fewtune.server import ServerConfig, create_app
+from fewtune.app.server import ServerConfig, create_app
 
 def kib(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))

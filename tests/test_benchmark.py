@@ -59,8 +59,8 @@ def test_ctrl_c_keeps_the_partial_results():
     import pytest
     import torch
 
-    from fewtune import benchmark as bench
-    from fewtune.episodes import sample_episodes
+    from fewtune.evaluate import benchmark as bench
+    from fewtune.evaluate.episodes import sample_episodes
 
     labels = [c for c in range(3) for _ in range(4)]
     features = torch.randn(12, 8)

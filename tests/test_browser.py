@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fewtune.demo import demo_photos
+from fewtune.app.demo import demo_photos
 
 ARTIFACTS = Path(os.environ.get("FEWTUNE_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 

@@ -9,9 +9,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-import fewtune.cache
-from fewtune.cache import DEFAULT_MAX_MB, FeatureCache, max_cache_bytes
-from fewtune.cli import main
+import fewtune.features.cache
+from fewtune.features.cache import DEFAULT_MAX_MB, FeatureCache, max_cache_bytes
+from fewtune.app.cli import main
 from fewtune.errors import FewtuneError
 
 DIM = 1024  # 4 KB a row
@@ -25,7 +25,7 @@ def rows(prefix: str, n: int) -> dict[str, np.ndarray]:
 def clock(monkeypatch):
     """A clock that ticks once per call: "least recently used" is then exact."""
     ticks = itertools.count(1000)
-    monkeypatch.setattr(fewtune.cache.time, "time", lambda: float(next(ticks)))
+    monkeypatch.setattr(fewtune.features.cache.time, "time", lambda: float(next(ticks)))
 
 
 def live_bytes(cache: FeatureCache) -> int:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import fewtune
-from fewtune import classifier as classifier_module
-from fewtune import storage
+from fewtune.model import classifier as classifier_module
+from fewtune.storage import saved_model as storage
 from fewtune.errors import FewtuneError
 
 

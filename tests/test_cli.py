@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fewtune.cli import main
+from fewtune.app.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -98,12 +98,12 @@ def test_usage_error_exits_2(capsys):
 
 
 def test_internal_error_exits_1_without_traceback(capsys, monkeypatch, colour_data, tmp_path, tiny_flags):
-    import fewtune.trainer
+    import fewtune.model.training
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(fewtune.trainer, "train", boom)
+    monkeypatch.setattr(fewtune.model.training, "train", boom)
     code, _, err = run(capsys, "train", colour_data, "-o", tmp_path / "m", *tiny_flags)
     assert code == 1 and "internal error: RuntimeError: kaboom" in err and "Traceback" not in err
 
@@ -136,7 +136,7 @@ def test_predict_transductive(capsys, colour_data, tmp_path, tiny_flags):
 
 
 def test_finetune_from_the_command_line(capsys, colour_data, tmp_path, tiny_flags, monkeypatch):
-    from fewtune import finetuning
+    from fewtune.strategies import finetuning
 
     model = tmp_path / "tuned.fewtune"
     flags = ["--strategy", "finetune", "--unfreeze", "top:2", "--epochs", "2", "--views", "2", "--batch-size", "4", "--head-epochs", "5", *tiny_flags]

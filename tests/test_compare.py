@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import make_image
-from fewtune.compare import CurvePoint, holdout_split, recommend
+from fewtune.evaluate.compare import CurvePoint, holdout_split, recommend
 from test_cli import run
 
 
@@ -55,8 +55,8 @@ def test_compare_writes_a_report_that_renders(capsys, data, tmp_path, tiny_weigh
 def test_near_duplicate_photos_are_found(tmp_path):
     from PIL import Image
 
-    from fewtune.demo import demo_photos
-    from fewtune.leakage import duplicates, fingerprint
+    from fewtune.app.demo import demo_photos
+    from fewtune.data.leakage import duplicates, fingerprint
 
     photos = sorted((demo_photos() / "cup").iterdir())[:4]
     original = Image.open(photos[0])
@@ -68,8 +68,8 @@ def test_near_duplicate_photos_are_found(tmp_path):
 
 def test_duplicates_across_the_split_are_reported_and_left_out(data, tiny_weights):
     import fewtune
-    from fewtune.compare import compare
-    from fewtune.dataset import load_dataset
+    from fewtune.evaluate.compare import compare
+    from fewtune.data.dataset import load_dataset
 
     for c in range(3):  # every class gets an exact copy of one of its images
         (data / f"class{c}" / "copy.png").write_bytes((data / f"class{c}" / "0.png").read_bytes())
@@ -83,8 +83,8 @@ def test_duplicates_across_the_split_are_reported_and_left_out(data, tiny_weight
 
 def test_ctrl_c_returns_what_was_measured(data, tiny_weights):
     import fewtune
-    from fewtune.compare import compare
-    from fewtune.dataset import load_dataset
+    from fewtune.evaluate.compare import compare
+    from fewtune.data.dataset import load_dataset
 
     calls = []
 
@@ -101,8 +101,8 @@ def test_ctrl_c_returns_what_was_measured(data, tiny_weights):
 
 def test_finetune_is_compared_on_its_own_tuned_features(data, tiny_weights, monkeypatch):
     import fewtune
-    from fewtune.compare import compare
-    from fewtune.dataset import load_dataset
+    from fewtune.evaluate.compare import compare
+    from fewtune.data.dataset import load_dataset
     from fewtune.strategies import finetune
 
     monkeypatch.setattr(finetune, "AUTO_TOP", 1)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import fewtune
 from conftest import COLOURS, make_image
-from fewtune.cli import main
+from fewtune.app.cli import main
 from fewtune.errors import FewtuneError
 
 NAN, INF = math.nan, math.inf
@@ -221,7 +221,7 @@ def test_fuzz_mutated_configs(saved, model, tiny_backbone, data):
     base = json.loads((saved / "config.json").read_text())
     config = data.draw(mutated_configs(base))
     (model / "config.json").write_text(json.dumps(config))
-    _only_fewtune_errors(lambda: fewtune.classifier.read_config(model))
+    _only_fewtune_errors(lambda: fewtune.model.classifier.read_config(model))
     _only_fewtune_errors(lambda: fewtune.load(model, backbone=tiny_backbone))
 
 

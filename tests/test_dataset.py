@@ -2,7 +2,7 @@ import pytest
 
 from conftest import make_image
 from fewtune import load_dataset
-from fewtune.dataset import collect_inputs
+from fewtune.data.dataset import collect_inputs
 from fewtune.errors import FewtuneError
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fewtune.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
 
 # 8 classes of 10 items, 2 of 3 items, interleaved so an index alone doesn't give its class away
 LABELS = [i % 8 for i in range(80)] + [8, 9, 8, 9, 8, 9]

@@ -7,7 +7,7 @@ import pytest
 
 import fewtune
 from conftest import make_image
-from fewtune.evaluation import evaluate, write_html
+from fewtune.evaluate.evaluation import evaluate, write_html
 from test_cli import run
 
 

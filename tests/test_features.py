@@ -8,9 +8,9 @@ import torch
 from conftest import make_image
 import fewtune
 from fewtune import load_dataset
-from fewtune.cache import FeatureCache
+from fewtune.features.cache import FeatureCache
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_files
+from fewtune.features.embedding import embed_files
 
 
 def test_second_pass_comes_from_the_cache(tiny_backbone, colour_data, tmp_path):

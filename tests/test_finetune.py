@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import fewtune
-from fewtune import finetuning
-from fewtune.backbones import state_sha256
+from fewtune.strategies import finetuning
+from fewtune.features.backbones import state_sha256
 from fewtune.errors import FewtuneError
-from fewtune.finetuning import (
+from fewtune.strategies.finetuning import (
     FinetuneConfig,
     SplitBody,
     layer_groups,
@@ -235,7 +235,7 @@ def test_auto_keeps_the_pretrained_body_on_imagenet_like_photos(real_backbone, p
 
 
 def test_auto_at_one_shot_asks_the_imagenet_classifier(real_backbone, photo_data):
-    from fewtune.features import embed_files
+    from fewtune.features.embedding import embed_files
 
     dataset = fewtune.load_dataset(photo_data)
     features = embed_files(real_backbone, dataset.paths[::3]).features
@@ -248,7 +248,7 @@ def test_auto_at_one_shot_asks_the_imagenet_classifier(real_backbone, photo_data
 def test_auto_never_starts_a_tune_on_imagenet_like_photos(real_backbone, photo_data, monkeypatch):
     """Even when frozen features look short of HEADROOM, ``auto`` (require_gain) keeps the body
     on everyday photos: the cross-fitted tune costs seconds and never paid on Caltech."""
-    from fewtune.features import embed_files
+    from fewtune.features.embedding import embed_files
     from fewtune.strategies import finetune
 
     monkeypatch.setattr(finetune, "HEADROOM", 1.01)  # leave-one-out alone would say "could pay"
@@ -270,9 +270,9 @@ def test_fine_tuning_real_photos_end_to_end(real_backbone, photo_data, tmp_path)
 
 
 def test_benchmark_fine_tunes_per_episode(tiny_backbone, colour_data):
-    from fewtune.benchmark import Images, Setting, run_setting
-    from fewtune.episodes import sample_episodes
-    from fewtune.features import embed_files
+    from fewtune.evaluate.benchmark import Images, Setting, run_setting
+    from fewtune.evaluate.episodes import sample_episodes
+    from fewtune.features.embedding import embed_files
 
     dataset = fewtune.load_dataset(colour_data)
     features = embed_files(tiny_backbone, dataset.paths).features

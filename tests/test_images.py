@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewtune import images
+from fewtune.data import images
 from fewtune.errors import FewtuneError
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import fewtune
-from fewtune import features as features_module
+from fewtune.features import embedding as features_module
 from fewtune.errors import FewtuneError
 
 

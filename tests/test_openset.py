@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import fewtune
-from fewtune.calibration import expected_calibration_error, fit_temperature
+from fewtune.model.calibration import expected_calibration_error, fit_temperature
 from fewtune.errors import FewtuneError
-from fewtune.openset import calibrate_threshold, novelty
+from fewtune.model.openset import calibrate_threshold, novelty
 from fewtune.strategies.base import class_means
 from test_strategies import blobs
 

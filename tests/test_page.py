@@ -14,7 +14,7 @@ import pytest
 
 import fewtune
 from conftest import make_image
-from fewtune.demo import demo_photos
+from fewtune.app.demo import demo_photos
 from test_browser import ARTIFACTS, free_port
 
 

@@ -94,11 +94,11 @@ def test_report_hint(capsys, monkeypatch, colour_data, tmp_path, tiny_flags):
 
 
 def test_lr_find_hint(capsys, monkeypatch, colour_data, tmp_path):
-    import fewtune.trainer
-    from fewtune.finetuning import LrFind
+    import fewtune.model.training
+    from fewtune.strategies.finetuning import LrFind
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(fewtune.trainer, "find_lr", lambda *a, **k: LrFind(lrs=[1e-3, 1e-2], losses=[1.0, 0.5], suggestion=1e-2))
+    monkeypatch.setattr(fewtune.model.training, "find_lr", lambda *a, **k: LrFind(lrs=[1e-3, 1e-2], losses=[1.0, 0.5], suggestion=1e-2))
     code, _, err = run(capsys, "train", colour_data, "--strategy", "finetune", "--lr-find", tmp_path / "lr.png")
     assert code == 2
     assert err.strip() == "error: plotting the learning-rate finder needs matplotlib: pip install 'fewtune[report]'"

@@ -6,8 +6,10 @@ import copy
 import time
 
 import fewtune
-from fewtune import finetuning, progress, trainer
-from fewtune.finetuning import FinetuneConfig, tune_body
+from fewtune import progress
+from fewtune.strategies import finetuning
+from fewtune.model import training as trainer
+from fewtune.strategies.finetuning import FinetuneConfig, tune_body
 from test_finetune import FAST, support
 
 

@@ -14,8 +14,8 @@ import torch
 
 import fewtune
 from conftest import make_image
-from fewtune.compare import Comparison, CurvePoint, _code, _predict_ms, write_report
-from fewtune.evaluation import evaluate, render_html, write_html
+from fewtune.evaluate.compare import Comparison, CurvePoint, _code, _predict_ms, write_report
+from fewtune.evaluate.evaluation import evaluate, render_html, write_html
 from test_cli import run
 
 ARTIFACTS = Path(os.environ.get("FEWTUNE_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import COLOURS
-from fewtune.server import ServerConfig, create_app
+from fewtune.app.server import ServerConfig, create_app
 
 LOCAL = "http://127.0.0.1:8000"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

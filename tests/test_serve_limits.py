@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import COLOURS
-from fewtune.cli import main
-from fewtune.images import ImageTooLarge, decode
-from fewtune.server import ServerConfig, create_app
+from fewtune.app.cli import main
+from fewtune.data.images import ImageTooLarge, decode
+from fewtune.app.server import ServerConfig, create_app
 
 LOCAL = "http://127.0.0.1:8000"
 HUGE = (9400, 9400)  # 16-bit greyscale: 177 MB decoded, from a ~190 KB file (issue 13)
@@ -76,7 +76,7 @@ def test_huge_16bit_png_decodes_reduced_in_bounded_memory(huge_png):
     script = f"""
 import re
 from pathlib import Path
-from fewtune.images import decode
+from fewtune.data.images import decode
 def peak():
     return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 data = Path({str(huge_png)!r}).read_bytes()
@@ -113,7 +113,7 @@ def test_huge_16bit_png_upload_is_predicted_or_refused(tiny_backbone, tmp_path, 
 
 def test_input_files_are_hashed_and_decoded_without_reading_them_whole(tmp_path, monkeypatch):
     """A 1 GiB file named .jpg cost 1.8 GB before; now it is streamed (a sparse 192 MiB one here)."""
-    from fewtune import images
+    from fewtune.data import images
 
     big = tmp_path / "big.jpg"
     with open(big, "wb") as file:

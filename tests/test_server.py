@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import COLOURS, make_image
-from fewtune.server import ServerConfig, create_app
+from fewtune.app.server import ServerConfig, create_app
 
 
 def png(colour, seed=0, size=(48, 40)) -> bytes:

@@ -15,7 +15,9 @@ from safetensors.torch import load_file, save_file
 
 import fewtune
 from conftest import make_image
-from fewtune import locks, storage, swap
+from fewtune.storage import locks
+from fewtune.storage import saved_model as storage
+from fewtune.storage import atomic as swap
 from fewtune.errors import FewtuneError
 
 SRC = str(Path(fewtune.__file__).parents[1])
@@ -90,7 +92,7 @@ def test_a_kill_at_any_step_of_a_save_leaves_a_whole_model(old_new, tiny_backbon
         assert _in_child(lambda: new.save(path), kill_at=step) == signal.SIGKILL
         expected = old.classes if replace.index(step) <= replace.index(swapped) - (1 if exchange else 0) else new.classes
         assert storage.load(path, backbone=tiny_backbone).classes == expected, step
-        assert fewtune.classifier.read_config(path)["classes"] == expected
+        assert fewtune.model.classifier.read_config(path)["classes"] == expected
         new.save(path)  # the next save repairs and cleans up whatever the kill left
         assert _listing(models) == [".m.fewtune.lock", "m.fewtune"], step
         assert storage.load(path, backbone=tiny_backbone).classes == new.classes
@@ -231,10 +233,10 @@ def _cli(*args: str, delay: float = 0.0) -> subprocess.Popen:
     """``fewtune ARGS`` in a new process; ``delay`` widens the window between load and save."""
     code = (
         "import sys, time\n"
-        "from fewtune.classifier import Classifier\n"
+        "from fewtune.model.classifier import Classifier\n"
         "add = Classifier.add_examples\n"
         f"Classifier.add_examples = lambda self, *a, **k: (time.sleep({delay}), add(self, *a, **k))[1]\n"
-        "from fewtune.cli import main\n"
+        "from fewtune.app.cli import main\n"
         "main(sys.argv[1:])\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC}
@@ -248,7 +250,7 @@ def test_two_concurrent_adds_keep_both_classes(tiny_backbone, colour_data, model
     runs = [_cli("add", str(model), str(cyan), "--label", "cyan", delay=1.0), _cli("add", str(model), str(pink), "--label", "pink", delay=1.0)]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    assert sorted(fewtune.classifier.read_config(model)["classes"]) == ["blue", "cyan", "green", "pink", "red"]
+    assert sorted(fewtune.model.classifier.read_config(model)["classes"]) == ["blue", "cyan", "green", "pink", "red"]
     assert any("waiting for another fewtune process" in err for _, err in outputs)  # one of them waited, and said so
 
 
@@ -261,13 +263,13 @@ def test_a_writer_that_cannot_get_the_lock_exits_2_with_one_line(tiny_backbone, 
         )  # fmt: skip
     assert run.returncode == 2, run.stderr
     assert "has been updating it for over 0.5 s; wait for it to finish and retry" in run.stderr and "Traceback" not in run.stderr
-    assert fewtune.classifier.read_config(model)["classes"] == ["blue", "green", "red"]
+    assert fewtune.model.classifier.read_config(model)["classes"] == ["blue", "green", "red"]
 
 
 def test_eight_concurrent_server_saves_to_one_name_all_succeed(tiny_backbone, models, tmp_path):
     from fastapi.testclient import TestClient
 
-    from fewtune.server import ServerConfig, create_app
+    from fewtune.app.server import ServerConfig, create_app
 
     with TestClient(base_url="http://127.0.0.1:8000", app=create_app(tiny_backbone, config=ServerConfig(models_dir=models))) as client:  # a host the server accepts
         for name, rgb in (("cyan", (30, 220, 220)), ("pink", (240, 120, 200))):

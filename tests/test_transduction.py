@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fewtune import transduction
+from fewtune.model import transduction
 from fewtune.strategies import Prototype
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fewtune
-from fewtune.calibration import LOG_T_BOUNDS, expected_calibration_error, fit_temperature
-from fewtune.openset import ONE_SHOT_MARGIN, UNKNOWN_PROBABILITY_CAP, calibrate_threshold, unknown_probability
+from fewtune.model.calibration import LOG_T_BOUNDS, expected_calibration_error, fit_temperature
+from fewtune.model.openset import ONE_SHOT_MARGIN, UNKNOWN_PROBABILITY_CAP, calibrate_threshold, unknown_probability
 from fewtune.strategies.finetune import Finetune
 from test_strategies import blobs
 
@@ -124,7 +124,7 @@ def test_a_fine_tuned_model_accepts_new_images_of_its_own_classes(real_backbone,
 
 @pytest.mark.slow
 def test_calibration_never_worsens_ece_on_held_out_photos(real_backbone, tmp_path):
-    from fewtune.demo import demo_photos
+    from fewtune.app.demo import demo_photos
 
     root = tmp_path / "train"
     test_paths, test_labels = [], []
@@ -149,7 +149,7 @@ def test_calibration_never_worsens_ece_on_held_out_photos(real_backbone, tmp_pat
 def test_the_server_measures_a_tuned_models_novelty_on_pretrained_embeddings(tiny_backbone, colour_data, monkeypatch, tmp_path):
     from fastapi.testclient import TestClient
 
-    from fewtune.server import ServerConfig, create_app
+    from fewtune.app.server import ServerConfig, create_app
 
     _cross_fit_says(monkeypatch, tuned_correct=3, frozen_correct=1)
     classifier = fewtune.train(colour_data, backbone=tiny_backbone)

@@ -17,36 +17,36 @@ from typing import TYPE_CHECKING, Any
 from fewtune._version import __version__ as __version__
 
 _EXPORTS = {
-    "Backbone": "fewtune.backbones",
-    "create_backbone": "fewtune.backbones",
-    "list_backbones": "fewtune.backbones",
-    "Classifier": "fewtune.classifier",
-    "Prediction": "fewtune.classifier",
-    "load": "fewtune.classifier",
-    "Dataset": "fewtune.dataset",
-    "load_dataset": "fewtune.dataset",
+    "Backbone": "fewtune.features.backbones",
+    "create_backbone": "fewtune.features.backbones",
+    "list_backbones": "fewtune.features.backbones",
+    "Classifier": "fewtune.model.classifier",
+    "Prediction": "fewtune.model.classifier",
+    "load": "fewtune.model.classifier",
+    "Dataset": "fewtune.data.dataset",
+    "load_dataset": "fewtune.data.dataset",
     "FewtuneError": "fewtune.errors",
-    "ImageInput": "fewtune.inputs",
+    "ImageInput": "fewtune.data.inputs",
     "create_strategy": "fewtune.strategies",
     "list_strategies": "fewtune.strategies",
-    "train": "fewtune.trainer",
+    "train": "fewtune.model.training",
 }
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from fewtune.backbones import Backbone as Backbone
-    from fewtune.backbones import create_backbone as create_backbone
-    from fewtune.backbones import list_backbones as list_backbones
-    from fewtune.classifier import Classifier as Classifier
-    from fewtune.classifier import Prediction as Prediction
-    from fewtune.classifier import load as load
-    from fewtune.dataset import Dataset as Dataset
-    from fewtune.dataset import load_dataset as load_dataset
+    from fewtune.features.backbones import Backbone as Backbone
+    from fewtune.features.backbones import create_backbone as create_backbone
+    from fewtune.features.backbones import list_backbones as list_backbones
+    from fewtune.model.classifier import Classifier as Classifier
+    from fewtune.model.classifier import Prediction as Prediction
+    from fewtune.model.classifier import load as load
+    from fewtune.data.dataset import Dataset as Dataset
+    from fewtune.data.dataset import load_dataset as load_dataset
     from fewtune.errors import FewtuneError as FewtuneError
-    from fewtune.inputs import ImageInput as ImageInput
+    from fewtune.data.inputs import ImageInput as ImageInput
     from fewtune.strategies import create_strategy as create_strategy
     from fewtune.strategies import list_strategies as list_strategies
-    from fewtune.trainer import train as train
+    from fewtune.model.training import train as train
 
 
 def __getattr__(name: str) -> Any:

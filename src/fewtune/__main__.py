@@ -1,3 +1,3 @@
-from fewtune.cli import main
+from fewtune.app.cli import main
 
 main()

@@ -11,7 +11,7 @@ import torch
 from fewtune.strategies.base import Strategy, check_support
 
 if TYPE_CHECKING:
-    from fewtune.backbones import Backbone
+    from fewtune.features.backbones import Backbone
 
 
 class Auto(Strategy):

@@ -7,7 +7,7 @@ handful of images. Two levels, so the rest of fewtune still sees embeddings:
   its top stages on augmented views with discriminative learning rates, through a cosine head
   that starts caught up (imprinted from the class prototypes, so step 0 scores like
   ``prototype``) and learns at 10x the top stage's rate. It returns a tuned copy of the backbone
-  (the caller's is never modified). The mechanics are in :mod:`fewtune.finetuning`.
+  (the caller's is never modified). The mechanics are in :mod:`fewtune.strategies.finetuning`.
 - :meth:`Finetune.fit` (embeddings): the final head, imprinted from the class prototypes of the
   (tuned or frozen) features, then trained on the cached features (a fraction of a second) when
   that is more accurate on held-out examples. Adding a class later refits this head from the
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fewtune.backbones import Backbone
-from fewtune.features import embed_images
-from fewtune.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, parse_unfreeze, train_head, tune_body
+from fewtune.features.backbones import Backbone
+from fewtune.features.embedding import embed_images
+from fewtune.strategies.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, parse_unfreeze, train_head, tune_body
 from fewtune.strategies.base import Strategy, check_support, stratified_folds
 
 #: with 2+ examples per class, the body is tuned when leave-one-out nearest-prototype accuracy on
@@ -60,7 +60,7 @@ class Finetune(Strategy):
     """Cosine head imprinted from prototypes, optionally on a fine-tuned body.
 
     Args:
-        **config: any :class:`~fewtune.finetuning.FinetuneConfig` field (``unfreeze``, ``epochs``,
+        **config: any :class:`~fewtune.strategies.finetuning.FinetuneConfig` field (``unfreeze``, ``epochs``,
             ``lr``, ``layer_decay``, ``augment``...).
         head_trained: set when loading a saved classifier (whether :meth:`fit` trained the head).
         tuning: set when loading: what :meth:`tune` chose, for the record.
@@ -106,7 +106,7 @@ class Finetune(Strategy):
 
         Args:
             paths, labels: the support images and their classes; features: their frozen embeddings.
-            checkpoint, resume: see :func:`fewtune.finetuning.tune_body`.
+            checkpoint, resume: see :func:`fewtune.strategies.finetuning.tune_body`.
             require_gain: keep the pretrained body unless held-out evidence says tuning pays.
             notify: called with a one-line message before the slow work starts (the time it will take).
         """
@@ -307,11 +307,11 @@ def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, num_cla
 
 
 def estimate_tune_seconds(backbone: Backbone, config: FinetuneConfig, images: int) -> float:
-    """Rough seconds for one :func:`~fewtune.finetuning.tune_body` on this machine: a timed
+    """Rough seconds for one :func:`~fewtune.strategies.finetuning.tune_body` on this machine: a timed
     forward of a small batch, scaled by the views and steps the config implies (each step's
     forward and backward through the open stages counted as two full forwards: on a Caltech and
     an Omniglot task this came within 1.5x of the time taken)."""
-    from fewtune.finetuning import TARGET_STEPS, views_per_image
+    from fewtune.strategies.finetuning import TARGET_STEPS, views_per_image
 
     size = backbone.preprocessing.get("input_size", (3, 224, 224))
     batch = torch.zeros(4, *size).contiguous(memory_format=torch.channels_last)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fewtune import transduction
+from fewtune.model import transduction
 from fewtune.strategies.base import Strategy, check_support, normalize
 
 
@@ -20,7 +20,7 @@ class Prototype(Strategy):
     SimpleShot's CL2N, which uses a large base set) cost 3 points at 5-way 1-shot on Caltech-101.
 
     With ``transductive``, a batch of inputs classified together also refines the classes (see
-    :mod:`fewtune.transduction`): ``True`` estimates the class proportions from the batch,
+    :mod:`fewtune.model.transduction`): ``True`` estimates the class proportions from the batch,
     ``"balanced"`` assumes about as many inputs of each class. A prediction then depends on the
     rest of its batch.
 

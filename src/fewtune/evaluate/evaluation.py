@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from fewtune.calibration import expected_calibration_error
-from fewtune.classifier import Classifier
-from fewtune.dataset import Dataset
+from fewtune.model.calibration import expected_calibration_error
+from fewtune.model.classifier import Classifier
+from fewtune.data.dataset import Dataset
 from fewtune.strategies.base import normalize
 
 
@@ -139,7 +139,7 @@ def render_html(report: Report, title: str) -> str:
     coloured by share of each true class, and the mistakes as thumbnails (small inline JPEGs)."""
     from html import escape
 
-    from fewtune.thumbnails import jpeg_data_uri
+    from fewtune.evaluate.thumbnails import jpeg_data_uri
 
     rows = "".join(
         f"<tr><td>{escape(s.label)}</td><td>{s.precision:.3f}</td><td>{s.recall:.3f}</td><td>{s.f1:.3f}</td><td>{s.support}</td></tr>"

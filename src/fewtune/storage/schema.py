@@ -83,7 +83,7 @@ def _check(config: dict[str, Any]) -> None:
 
     pre = _kind(config, "preprocessing", dict)
     if unknown := sorted(set(pre) - PREPROCESSING):
-        raise _Bad(f"preprocessing.{unknown[0]}", f"unknown setting; expected only {', '.join(sorted(PREPROCESSING))}")
+        raise _Bad(f"preprocessing.{_name(unknown[0])}", f"unknown setting; expected only {', '.join(sorted(PREPROCESSING))}")
     size = pre.get("input_size")
     if not (isinstance(size, list) and len(size) == 3 and size[0] == 3 and all(type(s) is int and SIDE[0] <= s <= SIDE[1] for s in size[1:])):
         raise _Bad("preprocessing.input_size", f"expected [3, height, width] with sides {SIDE[0]}-{SIDE[1]}, got {size!r:.80}")
@@ -158,7 +158,7 @@ def _finite(value: Any, key: str) -> Any:
             return None
         raise _Bad(key, f"is {value}; every number must be finite")
     if isinstance(value, dict):
-        return {k: _finite(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        return {k: _finite(v, f"{key}.{_name(k)}" if key else _name(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [_finite(v, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
@@ -189,6 +189,12 @@ def _number(parent: dict[str, Any], key: str, name: str, low: float, high: float
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _name(key: Any) -> str:
+    """A key as it can be printed on one line: a hand-edited config may hold any string."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def _describe(value: Any) -> str:

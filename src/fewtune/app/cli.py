@@ -19,7 +19,7 @@ from rich.table import Table
 
 from fewtune._version import __version__
 from fewtune.errors import FewtuneError
-from fewtune.outputs import check_model_output, save_error
+from fewtune.app.outputs import check_model_output, save_error
 from fewtune.progress import ProgressBar
 
 app = typer.Typer(
@@ -119,7 +119,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Train a classifier on labelled images and save it as a folder (config.json + safetensors)."""
-    from fewtune.trainer import train as train_classifier
+    from fewtune.model.training import train as train_classifier
 
     finetune = {"--unfreeze": unfreeze, "--epochs": epochs, "--head-epochs": head_epochs, "--lr": lr, "--body-lr": body_lr,
                 "--layer-decay": layer_decay, "--augment": augment, "--views": views, "--batch-size": batch_size, "--seed": seed,
@@ -139,7 +139,7 @@ def train(
         hyperparameters["candidates"] = ["probe", "prototype"]
     output = output or data.with_name(f"{data.stem}.fewtune")
     if lr_find is not None:
-        from fewtune.trainer import find_lr
+        from fewtune.model.training import find_lr
 
         found = find_lr(data, backbone=backbone, weights=weights, **hyperparameters)
         found.plot(lr_find)
@@ -159,7 +159,7 @@ def train(
     except KeyboardInterrupt as exc:  # typer would swallow the message saying how to resume
         err.print(f"interrupted: {exc}" if str(exc) else "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    from fewtune.locks import model_lock
+    from fewtune.storage.locks import model_lock
 
     with model_lock(output, on_wait=_waiting):
         _save(classifier, output)
@@ -342,7 +342,7 @@ def predict(
     """Classify images with a saved classifier. Each result has the best label and its probability,
     the top-k classes, every class's probability, a novelty score (higher = less like any class) and
     whether it was rejected as unknown."""
-    from fewtune.classifier import load
+    from fewtune.model.classifier import load
 
     if as_json and as_csv:
         raise FewtuneError("--json and --csv both given; choose one output format")
@@ -367,7 +367,7 @@ def predict(
     else:
         _print_predictions(predictions, top_k)
     if not quiet:
-        from fewtune.dataset import find_inputs
+        from fewtune.data.dataset import find_inputs
 
         paths, left_out = find_inputs(inputs)
         skipped = len(set(map(str, paths))) - len({p.path for p in predictions})
@@ -416,7 +416,7 @@ def _with_stdin(inputs: list[str]) -> list[str]:
 
 
 def _expand(inputs: list[str]) -> list[Path]:
-    from fewtune.dataset import collect_inputs
+    from fewtune.data.dataset import collect_inputs
 
     return collect_inputs(inputs)
 
@@ -427,7 +427,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole config.json.")] = False,
 ) -> None:
     """Describe a saved classifier: classes, backbone, strategy, training data. Loads no network."""
-    from fewtune.classifier import read_config
+    from fewtune.model.classifier import read_config
 
     config = read_config(model)
     if as_json:
@@ -435,7 +435,7 @@ def info(
         return
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training") or {}
     counts = training.get("per_class") or {}
-    from fewtune.classifier import OpenSet
+    from fewtune.model.classifier import OpenSet
 
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     lines = [
@@ -467,10 +467,10 @@ def evaluate(
     """Score a classifier on labelled test images: accuracy, balanced accuracy, per-class precision /
     recall / F1, confusion matrix, calibration error and the most confident mistakes. Test classes
     the classifier does not know measure how often it answers "unknown" for them."""
-    from fewtune.classifier import load
-    from fewtune.dataset import load_dataset
-    from fewtune.evaluation import evaluate as run_evaluation
-    from fewtune.evaluation import write_html
+    from fewtune.model.classifier import load
+    from fewtune.data.dataset import load_dataset
+    from fewtune.evaluate.evaluation import evaluate as run_evaluation
+    from fewtune.evaluate.evaluation import write_html
 
     classifier = load(model)
     test = load_dataset(data, min_classes=1)
@@ -526,11 +526,11 @@ def benchmark(
 ) -> None:
     """Episodic N-way K-shot evaluation on your own data: every strategy on exactly the same
     episodes, mean accuracy with a 95% confidence interval. Images are embedded once."""
-    from fewtune import benchmark as bench
-    from fewtune.backbones import create_backbone
-    from fewtune.dataset import load_dataset
-    from fewtune.features import embed_files
-    from fewtune.leakage import fingerprint
+    from fewtune.evaluate import benchmark as bench
+    from fewtune.features.backbones import create_backbone
+    from fewtune.data.dataset import load_dataset
+    from fewtune.features.embedding import embed_files
+    from fewtune.data.leakage import fingerprint
 
     specs = [s.strip() for s in strategies.split(",") if s.strip()]
     for spec in specs:
@@ -591,10 +591,10 @@ def compare(
     says which strategy to use."""
     from dataclasses import asdict
 
-    from fewtune.backbones import create_backbone
-    from fewtune.compare import compare as run_compare
-    from fewtune.compare import write_report
-    from fewtune.dataset import load_dataset
+    from fewtune.features.backbones import create_backbone
+    from fewtune.evaluate.compare import compare as run_compare
+    from fewtune.evaluate.compare import write_report
+    from fewtune.data.dataset import load_dataset
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     dataset = load_dataset(data)
@@ -646,8 +646,8 @@ def add(
 ) -> None:
     """Add a class from as little as one example, or more examples to a class, without retraining
     from the original images: exact for prototype; probe refits its head on stored embeddings."""
-    from fewtune.classifier import load, read_config
-    from fewtune.locks import model_lock
+    from fewtune.model.classifier import load, read_config
+    from fewtune.storage.locks import model_lock
 
     read_config(model)  # not a model: say so before creating its lock file
     check_model_output(model)
@@ -669,8 +669,8 @@ def remove(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary.")] = False,
 ) -> None:
     """Forget a class and its examples."""
-    from fewtune.classifier import load, read_config
-    from fewtune.locks import model_lock
+    from fewtune.model.classifier import load, read_config
+    from fewtune.storage.locks import model_lock
 
     read_config(model)  # not a model: say so before creating its lock file
     check_model_output(model)
@@ -712,12 +712,12 @@ def serve(
     try:
         import uvicorn
 
-        from fewtune.origins import default_hosts
-        from fewtune.server import ServerConfig, create_app
+        from fewtune.app.origins import default_hosts
+        from fewtune.app.server import ServerConfig, create_app
     except ImportError:
         raise FewtuneError("the server needs its extra: pip install 'fewtune[serve]'") from None
-    from fewtune.backbones import create_backbone
-    from fewtune.classifier import load
+    from fewtune.features.backbones import create_backbone
+    from fewtune.model.classifier import load
     from fewtune.strategies import create_strategy
 
     create_strategy(strategy)
@@ -756,8 +756,8 @@ def demo(
 ) -> None:
     """Teach fewtune six objects from ONE photo each (bundled Caltech-101 photos), then from three,
     and classify photos it has never seen."""
-    from fewtune.backbones import create_backbone
-    from fewtune.demo import SHOTS, demo_photos, run_demo, run_open_set_demo
+    from fewtune.features.backbones import create_backbone
+    from fewtune.app.demo import SHOTS, demo_photos, run_demo, run_open_set_demo
 
     if output:
         check_model_output(output)
@@ -801,7 +801,7 @@ def cache_info() -> None:
     """Where the feature cache is, what it holds and its size cap ($FEWTUNE_CACHE_MAX_MB, default 2048)."""
     from datetime import datetime, timezone
 
-    from fewtune.cache import default_cache_dir, describe, max_cache_bytes
+    from fewtune.features.cache import default_cache_dir, describe, max_cache_bytes
 
     folder, cap = default_cache_dir(), max_cache_bytes()
     files = describe(folder)
@@ -819,7 +819,7 @@ def cache_info() -> None:
 @cache_app.command("clear")
 def cache_clear() -> None:
     """Delete the cached embeddings (only fewtune's files in the cache folder); they are recomputed when needed."""
-    from fewtune.cache import clear, default_cache_dir
+    from fewtune.features.cache import clear, default_cache_dir
 
     folder = default_cache_dir()
     files, freed = clear(folder)

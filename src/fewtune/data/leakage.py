@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fewtune import images
+from fewtune.data import images
 from fewtune.errors import FewtuneError
 
 NEAR = 2  #: largest Hamming distance between perceptual hashes still called a duplicate

@@ -133,7 +133,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     """Pretrained backbone by name, offline; the network itself is built when first needed.
 
     The weights hash, preprocessing and embedding size are remembered per weights file (see
-    :mod:`fewtune.weights_memo`), so a run served from the feature cache neither reads the
+    :mod:`fewtune.features.weights_memo`), so a run served from the feature cache neither reads the
     weights nor imports timm. The first time a file is seen it is read and checked here.
 
     Args:
@@ -141,8 +141,8 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
         weights: a local ``.safetensors`` / ``.pth`` file. Required for unregistered names;
             for registered ones it replaces the packaged weights.
     """
-    from fewtune.cache import default_cache_dir
-    from fewtune.weights_memo import WeightsMemo, memo_key
+    from fewtune.features.cache import default_cache_dir
+    from fewtune.features.weights_memo import WeightsMemo, memo_key
 
     spec = REGISTRY.get(name)
     timm_name = spec.timm_name if spec else name

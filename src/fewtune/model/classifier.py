@@ -1,6 +1,6 @@
 """A trained classifier: backbone + strategy + class names, saved as a folder with no pickle.
 
-The folder layout, the atomic save and the checked load live in :mod:`fewtune.storage`.
+The folder layout, the atomic save and the checked load live in :mod:`fewtune.storage.saved_model`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from fewtune._version import __version__
-from fewtune.backbones import Backbone
-from fewtune.calibration import fit_temperature
+from fewtune.features.backbones import Backbone
+from fewtune.model.calibration import fit_temperature
 from fewtune.errors import FewtuneError
-from fewtune.inputs import ImageInput, embed_items, expand
-from fewtune import transduction
-from fewtune.openset import calibrate_threshold, novelty, unknown_probability
-from fewtune.schema import FORMAT as FORMAT
-from fewtune.schema import FORMAT_VERSION as FORMAT_VERSION
+from fewtune.data.inputs import ImageInput, embed_items, expand
+from fewtune.model import transduction
+from fewtune.model.openset import calibrate_threshold, novelty, unknown_probability
+from fewtune.storage.schema import FORMAT as FORMAT
+from fewtune.storage.schema import FORMAT_VERSION as FORMAT_VERSION
 from fewtune.strategies import Strategy
 from fewtune.strategies.base import class_means
 
@@ -44,7 +44,7 @@ class Prediction:
         is_unknown: novelty is above the classifier's threshold (open-set mode only).
         nearest: the class that came closest (``top_k[0]``), also when the answer is unknown.
         unknown_probability: how likely the input is of none of the classes: 1/2 at the
-            threshold, never 0 or 1 (see :func:`fewtune.openset.unknown_probability`).
+            threshold, never 0 or 1 (see :func:`fewtune.model.openset.unknown_probability`).
     """
 
     path: str
@@ -80,7 +80,7 @@ class OpenSet:
 
     Attributes:
         enabled: reject inputs whose novelty is above ``threshold``.
-        threshold: calibrated from the support set by :func:`fewtune.openset.calibrate_threshold`.
+        threshold: calibrated from the support set by :func:`fewtune.model.openset.calibrate_threshold`.
         unknown_label: the label a rejected input gets; no class may have this name.
         calibration: how the threshold was chosen.
     """
@@ -103,7 +103,7 @@ class Classifier:
         calibration: how ``temperature`` was fitted.
         training: summary of the data it was trained on (counts, skipped files, duplicates...).
         pretrained: when ``backbone`` was fine-tuned, the pretrained backbone it came from;
-            novelty ("none of these") is measured on its embeddings (see :mod:`fewtune.openset`).
+            novelty ("none of these") is measured on its embeddings (see :mod:`fewtune.model.openset`).
         pretrained_support: (n, dim) the support images' embeddings by ``pretrained``.
     """
 
@@ -202,7 +202,7 @@ class Classifier:
             open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet` settings.
             transductive: classify the inputs together, with the classes refined on them: ``True``,
                 or ``"balanced"`` when the inputs hold about as many images of each class (see
-                :mod:`fewtune.transduction`); best for a batch of many unlabelled images.
+                :mod:`fewtune.model.transduction`); best for a batch of many unlabelled images.
         """
         items = expand(inputs)
         features, pretrained, kept = self.embed(items, skip_bad=skip_bad, progress=progress)
@@ -275,7 +275,7 @@ class Classifier:
         return (self.strategy.logits(features) / self.temperature).softmax(dim=1)
 
     def novelty_features(self, features: torch.Tensor) -> torch.Tensor:
-        """(n,) novelty of each embedding (see :mod:`fewtune.openset`). When the body was
+        """(n,) novelty of each embedding (see :mod:`fewtune.model.openset`). When the body was
         fine-tuned, pass embeddings by :attr:`pretrained`, not by the tuned backbone."""
         if features.shape[0] == 0:
             return torch.empty(0)
@@ -358,26 +358,26 @@ class Classifier:
     def save(self, path: str | Path) -> Path:
         """Write the classifier folder under the model's lock, replacing any previous one in one
         step: a reader, or a crash at any point, sees the whole old model or the whole new one
-        (see :mod:`fewtune.storage`)."""
-        from fewtune import storage
+        (see :mod:`fewtune.storage.saved_model`)."""
+        from fewtune.storage import saved_model as storage
 
         return storage.save(self, path)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read and check a saved classifier's ``config.json`` without loading any network."""
-    from fewtune import storage
+    from fewtune.storage import saved_model as storage
 
     return storage.read_config(path)
 
 
 def load(path: str | Path, backbone: Backbone | None = None) -> Classifier:
-    """Load a saved classifier (see :func:`fewtune.storage.load`). Nothing in the folder can run code.
+    """Load a saved classifier (see :func:`fewtune.storage.saved_model.load`). Nothing in the folder can run code.
 
     Args:
         backbone: reuse an already-built backbone; it must have the same weights hash.
     """
-    from fewtune import storage
+    from fewtune.storage import saved_model as storage
 
     return storage.load(path, backbone)
 

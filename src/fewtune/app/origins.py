@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from fewtune.limits import ASGIApp, Receive, Scope, Send, _reply
+from fewtune.app.limits import ASGIApp, Receive, Scope, Send, _reply
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

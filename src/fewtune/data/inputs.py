@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewtune.dataset import collect_inputs
+from fewtune.data.dataset import collect_inputs
 from fewtune.errors import FewtuneError
-from fewtune.images import MAX_PIXELS, to_rgb
+from fewtune.data.images import MAX_PIXELS, to_rgb
 
 #: One thing to classify, or a list of them (any mix).
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
@@ -127,10 +127,10 @@ def embed_items(
 ) -> tuple[torch.Tensor, list[Item]]:
     """(n_ok, dim) embeddings of ``items`` in their order, and the items they belong to.
 
-    Files go through :func:`fewtune.features.embed_files` (cached; unreadable ones dropped under
-    ``skip_bad``), pictures through :func:`fewtune.features.embed_images` (same preprocessing).
+    Files go through :func:`fewtune.features.embedding.embed_files` (cached; unreadable ones dropped under
+    ``skip_bad``), pictures through :func:`fewtune.features.embedding.embed_images` (same preprocessing).
     """
-    from fewtune.features import embed_files, embed_images
+    from fewtune.features.embedding import embed_files, embed_images
 
     files = [i for i, item in enumerate(items) if item.path is not None]
     pictures = [i for i, item in enumerate(items) if item.picture is not None]

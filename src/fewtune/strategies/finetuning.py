@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewtune import images
-from fewtune.backbones import Backbone
+from fewtune.data import images
+from fewtune.features.backbones import Backbone
 from fewtune.errors import FewtuneError
 from fewtune.progress import ProgressBar
 
@@ -245,7 +245,7 @@ def view_transform(preprocessing: dict[str, Any], augment: str) -> Callable:
     """PIL image -> normalised tensor at the backbone's input size, randomly augmented."""
     from torchvision.transforms import v2
 
-    from fewtune.features import build_transform
+    from fewtune.features.embedding import build_transform
 
     if augment == "none":
         return build_transform(preprocessing)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewtune.errors import FewtuneError
-from fewtune.images import is_image_path, special_kind
+from fewtune.data.images import is_image_path, special_kind
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewtune import images
-from fewtune.backbones import Backbone
-from fewtune.cache import FeatureCache, default_cache_dir
+from fewtune.data import images
+from fewtune.features.backbones import Backbone
+from fewtune.features.cache import FeatureCache, default_cache_dir
 from fewtune.errors import FewtuneError
 from fewtune.progress import ProgressBar
 

@@ -34,13 +34,13 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from fewtune.backbones import Backbone
-from fewtune.classifier import Classifier, OpenSet, check_class_names
+from fewtune.features.backbones import Backbone
+from fewtune.model.classifier import Classifier, OpenSet, check_class_names
 from fewtune.errors import FewtuneError
-from fewtune.features import decode_size, embed_images
-from fewtune.images import MAX_DECODE_BYTES, ImageTooLarge, decode, probe_cost
-from fewtune.limits import BodyLimit, DecodeLanes, release_free_memory
-from fewtune.origins import LOOPBACK_HOSTS, OriginGuard
+from fewtune.features.embedding import decode_size, embed_images
+from fewtune.data.images import MAX_DECODE_BYTES, ImageTooLarge, decode, probe_cost
+from fewtune.app.limits import BodyLimit, DecodeLanes, release_free_memory
+from fewtune.app.origins import LOOPBACK_HOSTS, OriginGuard
 from fewtune.strategies import create_strategy
 
 LABEL = re.compile(r"^[\w][\w .+\-]{0,62}$")  # letters, digits, _ . + - and spaces; no path separators
@@ -294,7 +294,7 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return (resources.files("fewtune") / "static" / "index.html").read_text(encoding="utf-8")
+        return (resources.files("fewtune.app") / "static" / "index.html").read_text(encoding="utf-8")
 
     _add_docs(app)
 

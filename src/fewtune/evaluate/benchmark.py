@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from fewtune.backbones import Backbone
-from fewtune.dataset import Dataset
-from fewtune.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.features.backbones import Backbone
+from fewtune.data.dataset import Dataset
+from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_files
-from fewtune.leakage import Fingerprints, duplicates
+from fewtune.features.embedding import embed_files
+from fewtune.data.leakage import Fingerprints, duplicates
 from fewtune.strategies import Strategy, create_strategy
 
 EPISODES_FORMAT = "fewtune-episodes"

@@ -8,9 +8,9 @@ Layout of ``NAME.fewtune/`` (the same in formats 1 and 2)::
     support.safetensors     support embeddings and labels (to refit or add classes later)
     body.safetensors        the fine-tuned backbone, only when the body was fine-tuned
 
-How a save replaces a folder. The writer holds the model's lock (:mod:`fewtune.locks`), writes
+How a save replaces a folder. The writer holds the model's lock (:mod:`fewtune.storage.locks`), writes
 and fsyncs the new folder as a hidden sibling ``.NAME.<uuid>.partial``, then swaps it into place
-in one step (:mod:`fewtune.swap`: ``renameat2`` RENAME_EXCHANGE, or two renames that
+in one step (:mod:`fewtune.storage.atomic`: ``renameat2`` RENAME_EXCHANGE, or two renames that
 :func:`resolve` recovers from). Each save starts by putting back what a killed one retired and
 deleting the leftovers of killed saves.
 
@@ -36,13 +36,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from fewtune import swap
+from fewtune.storage import atomic as swap
 from fewtune._version import __version__
-from fewtune.backbones import REGISTRY, Backbone, create_backbone, state_sha256
-from fewtune.classifier import Classifier, OpenSet
+from fewtune.features.backbones import REGISTRY, Backbone, create_backbone, state_sha256
+from fewtune.model.classifier import Classifier, OpenSet
 from fewtune.errors import FewtuneError
-from fewtune.locks import model_lock
-from fewtune.schema import FORMAT_VERSION, check_tensors, validate_config
+from fewtune.storage.locks import model_lock
+from fewtune.storage.schema import FORMAT_VERSION, check_tensors, validate_config
 from fewtune.strategies import STRATEGIES, Strategy, create_strategy
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a real config is a few KB; never read a huge file into memory

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from fewtune.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from fewtune.classifier import DEFAULT_UNKNOWN_LABEL, Classifier, OpenSet, check_class_names
-from fewtune.dataset import Dataset, load_dataset
+from fewtune.features.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from fewtune.model.classifier import DEFAULT_UNKNOWN_LABEL, Classifier, OpenSet, check_class_names
+from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_files
-from fewtune.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
+from fewtune.features.embedding import embed_files
+from fewtune.strategies.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
 from fewtune.progress import Status
 from fewtune.strategies import create_strategy
 from fewtune.strategies.finetune import AUTO_TOP
@@ -55,7 +55,7 @@ def train(
         cache: read and write embeddings in the on-disk feature cache.
         progress: show a progress bar while embedding.
         open_set: answer ``unknown_label`` for inputs like none of the classes (threshold
-            calibrated from the support set; see :mod:`fewtune.openset`).
+            calibrated from the support set; see :mod:`fewtune.model.openset`).
         unknown_label: the label of rejected inputs; no class may be named so.
         checkpoint: folder where ``finetune`` saves a checkpoint after every epoch.
         resume: continue fine-tuning from ``checkpoint``.
@@ -133,7 +133,7 @@ def find_lr(
     weights: str | Path | None = None,
     **config: Any,
 ) -> LrFind:
-    """Learning-rate range test for ``finetune`` on this data (see :func:`fewtune.finetuning.lr_find`);
+    """Learning-rate range test for ``finetune`` on this data (see :func:`fewtune.strategies.finetuning.lr_find`);
     opens the stages ``unfreeze`` names (``auto``: the ones fine-tuning would open)."""
     strategy = create_strategy("finetune", **config)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewtune.backbones import Backbone
-from fewtune.benchmark import Images, fit_with_backbone
-from fewtune.dataset import Dataset
-from fewtune.episodes import mean_ci95
+from fewtune.features.backbones import Backbone
+from fewtune.evaluate.benchmark import Images, fit_with_backbone
+from fewtune.data.dataset import Dataset
+from fewtune.evaluate.episodes import mean_ci95
 from fewtune.errors import FewtuneError
-from fewtune.features import embed_files
-from fewtune.images import load as load_image
-from fewtune.leakage import duplicates, fingerprint
+from fewtune.features.embedding import embed_files
+from fewtune.data.images import load as load_image
+from fewtune.data.leakage import duplicates, fingerprint
 from fewtune.strategies import Strategy, create_strategy
-from fewtune.thumbnails import jpeg_data_uri
+from fewtune.evaluate.thumbnails import jpeg_data_uri
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _predict_ms(backbone: Backbone, strategy: Strategy, paths: list[Path]) -> fl
     """Milliseconds to classify one new image file with this strategy (decode, preprocess, its
     backbone, its head), warm: one call first pays the one-off costs (oneDNN picking kernels,
     allocations) that made the first measurement 2.8 s and a rerun 80 ms; then the median of 3."""
-    from fewtune.features import build_transform
+    from fewtune.features.embedding import build_transform
 
     transform = build_transform(backbone.preprocessing)
 

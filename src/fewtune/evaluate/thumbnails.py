@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from fewtune.errors import FewtuneError
-from fewtune.images import load as load_image
+from fewtune.data.images import load as load_image
 
 
 def jpeg_data_uri(path: str | Path, size: int = 128, quality: int = 80) -> str | None:

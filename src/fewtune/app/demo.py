@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from fewtune.backbones import Backbone, create_backbone
-from fewtune.classifier import Classifier
-from fewtune.dataset import Dataset, load_dataset
-from fewtune.trainer import train
+from fewtune.features.backbones import Backbone, create_backbone
+from fewtune.model.classifier import Classifier
+from fewtune.data.dataset import Dataset, load_dataset
+from fewtune.model.training import train
 
 SHOTS = (1, 3)  #: examples per class the demo trains on
 STRATEGIES = ("prototype", "probe")

@@ -1,0 +1,1 @@
+"""What a user runs: the command line, the HTTP server and its page, the demo."""

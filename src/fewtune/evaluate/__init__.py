@@ -1,0 +1,1 @@
+"""How good is it: episodes, benchmark, evaluation reports and learning-curve comparisons."""

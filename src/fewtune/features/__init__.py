@@ -1,0 +1,1 @@
+"""Images to embeddings: the pretrained backbones, batched embedding, the on-disk cache."""

@@ -1,0 +1,1 @@
+"""A trained classifier: the head (strategy, calibration, unknown threshold), the classifier, training."""

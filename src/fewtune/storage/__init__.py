@@ -1,0 +1,1 @@
+"""Saved classifier folders: the format, its schema, atomic writes and one writer per model."""
