@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fewtune.storage import atomic
 from fewtune.features.backbones import Backbone
 from fewtune.data.dataset import Dataset
 from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
@@ -202,9 +203,7 @@ def save_episodes(path: Path, dataset: Dataset, settings: list[Setting]) -> None
             for s in settings
         ],
     }
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    staging.replace(path)
+    atomic.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_episodes(path: Path, dataset: Dataset) -> list[Setting]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewtune.storage import atomic
 from fewtune.features.backbones import Backbone
 from fewtune.evaluate.benchmark import Images, fit_with_backbone
 from fewtune.data.dataset import Dataset
@@ -266,10 +267,7 @@ figure img{{width:96px;height:96px;object-fit:cover}}</style></head><body>
 {_mistakes_section(best, thumbs)}
 </body></html>
 """
-    staging = folder / ".index.html.partial"
-    staging.write_text(html, encoding="utf-8")
-    staging.replace(folder / "index.html")
-    return folder / "index.html"
+    return atomic.write_text(folder / "index.html", html)
 
 
 def _mistakes_section(best: CurvePoint | None, thumbs: str) -> str:

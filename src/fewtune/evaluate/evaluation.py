@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fewtune.storage import atomic
 from fewtune.model.calibration import expected_calibration_error
 from fewtune.model.classifier import Classifier
 from fewtune.data.dataset import Dataset
@@ -201,9 +202,6 @@ def _matrix_cell(count: int, row_total: int, diagonal: bool) -> str:
 
 
 def write_html(report: Report, path: Path, title: str) -> Path:
-    """Write the HTML report atomically (temp file, then rename)."""
+    """Write the HTML report; a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(render_html(report, title), encoding="utf-8")
-    staging.replace(path)
-    return path
+    return atomic.write_text(path, render_html(report, title))

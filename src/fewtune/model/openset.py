@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fewtune.strategies.base import normalize
+from fewtune.geometry import leave_one_out_similarity, normalize
 
 #: share of known-class inputs the calibrated threshold should accept (2+ examples in a class).
 #: 0.98 rather than 0.95: every known input rejected is an answer lost, and the default path must
@@ -55,18 +55,14 @@ def calibrate_threshold(
     The report's ``spread`` (standard deviation of the calibration scores) sets how fast
     :func:`unknown_probability` moves away from 1/2 around the threshold.
     """
-    unit = normalize(features)
-    sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
+    similarity = leave_one_out_similarity(features, labels, num_classes)
     counts = torch.bincount(labels, minlength=num_classes)
-    others = unit @ normalize(sums).T  # (n, num_classes)
     own = torch.arange(len(labels))
-    others_without_own = others.clone()
-    others_without_own[own, labels] = -math.inf
-    best_other = others_without_own.max(dim=1).values
+    own_similarity = similarity[own, labels]
+    similarity[own, labels] = -math.inf
+    best_other = similarity.max(dim=1).values
     holdable = counts[labels] >= 2
     if holdable.any():
-        loo_prototype = normalize(sums[labels] - unit)  # own class without this example
-        own_similarity = (unit * loo_prototype).sum(dim=1)
         scores = (1 - torch.maximum(own_similarity, best_other))[holdable]
         threshold = _conformal_quantile(scores, target)
         how = {"method": "leave-one-out conformal quantile", "target_known_recall": target}

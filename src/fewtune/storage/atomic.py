@@ -1,4 +1,8 @@
-"""Replacing a folder in one step a reader (or a crash) can't see half of.
+"""Writing files and folders so a reader (or a crash) never sees half of one.
+
+A file (a report, a benchmark record) is written to a unique hidden sibling, flushed, then
+renamed over the target: :func:`write_text`. A saved model is a folder, replaced as follows.
+
 
 A save writes the new folder as a hidden sibling, then swaps the two with
 ``renameat2(RENAME_EXCHANGE)``: one system call, so at every instant ``NAME`` is the whole old
@@ -23,12 +27,28 @@ import os
 import re
 import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 USE_EXCHANGE = True  # tests set False to exercise the two-rename fallback
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``path`` whole or not at all; concurrent writers each leave a complete file (the last wins)."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(staging, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return path
 
 
 def put_in_place(staging: Path, path: Path, checkpoint: Callable[[str], None]) -> None:

@@ -10,7 +10,9 @@ import abc
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
+
+from fewtune.geometry import class_means as class_means
+from fewtune.geometry import normalize as normalize
 
 
 class Strategy(abc.ABC):
@@ -77,15 +79,6 @@ class Strategy(abc.ABC):
         return self.logits(features).softmax(dim=1)
 
 
-def normalize(features: torch.Tensor) -> torch.Tensor:
-    """L2-normalise rows: on pretrained features, cosine geometry beats raw Euclidean."""
-    return F.normalize(features.float(), dim=-1)
-
-
-def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(num_classes, dim) unit-norm prototypes: the normalised sum of each class's unit embeddings."""
-    sums = torch.zeros(num_classes, features.shape[1]).index_add_(0, labels, normalize(features))
-    return normalize(sums)
 
 
 def check_support(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from fewtune.features.backbones import Backbone
 from fewtune.features.embedding import embed_images
 from fewtune.strategies.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, parse_unfreeze, train_head, tune_body
+from fewtune.geometry import leave_one_out_similarity
 from fewtune.strategies.base import Strategy, check_support, stratified_folds
 
 #: with 2+ examples per class, the body is tuned when leave-one-out nearest-prototype accuracy on
@@ -298,12 +299,7 @@ class Finetune(Strategy):
 
 def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
     """Nearest-prototype accuracy of each support example against prototypes built without it."""
-    unit = F.normalize(features.float(), dim=1)
-    sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
-    similarity = unit @ F.normalize(sums, dim=1).T
-    own = sums[labels] - unit  # each example's class mean without it
-    similarity[torch.arange(len(labels)), labels] = (unit * F.normalize(own, dim=1)).sum(1)
-    return float((similarity.argmax(1) == labels).float().mean())
+    return float((leave_one_out_similarity(features, labels, num_classes).argmax(1) == labels).float().mean())
 
 
 def estimate_tune_seconds(backbone: Backbone, config: FinetuneConfig, images: int) -> float:

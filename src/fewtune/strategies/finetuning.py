@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewtune.geometry import class_means
 from fewtune.data import images
 from fewtune.features.backbones import Backbone
 from fewtune.errors import FewtuneError
@@ -202,8 +203,7 @@ class CosineHead(nn.Module):
 
 def imprint(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Unit class means of unit features: the head's starting weights."""
-    sums = torch.zeros(num_classes, features.shape[1]).index_add_(0, labels, F.normalize(features.float(), dim=1))
-    return F.normalize(sums, dim=1)
+    return class_means(features, labels, num_classes)
 
 
 def train_head(head: CosineHead, features: torch.Tensor, labels: torch.Tensor, config: FinetuneConfig) -> float:

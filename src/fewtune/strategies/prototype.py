@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
+from fewtune.geometry import class_sums, leave_one_out_similarity, normalize
 from fewtune.model import transduction
-from fewtune.strategies.base import Strategy, check_support, normalize
+from fewtune.strategies.base import Strategy, check_support
 
 
 class Prototype(Strategy):
@@ -46,8 +47,7 @@ class Prototype(Strategy):
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
         check_support(features, labels, num_classes)
-        unit = normalize(features)
-        self.sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
+        self.sums = class_sums(features, labels, num_classes)
         self.prototypes = normalize(self.sums)  # normalising the sum = normalising the mean
         self.support, self.support_labels = features.float(), labels
 
@@ -67,12 +67,7 @@ class Prototype(Strategy):
         counts = torch.bincount(labels, minlength=num_classes)
         if int(counts.min()) < 2:
             return None
-        unit = normalize(features)
-        sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
-        similarity = unit @ normalize(sums).T
-        own = torch.arange(len(labels))
-        similarity[own, labels] = (unit * normalize(sums[labels] - unit)).sum(dim=1)
-        return similarity / self.temperature
+        return leave_one_out_similarity(features, labels, num_classes) / self.temperature
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "transductive": self.transductive}

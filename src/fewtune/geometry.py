@@ -1,0 +1,42 @@
+"""The geometry strategies and the open set share: unit embeddings, class means, leave-one-out.
+
+On pretrained embeddings cosine geometry beats raw Euclidean, so everything here works on
+L2-normalised rows. A class's prototype is the normalised *sum* of its unit embeddings (the same
+direction as their mean), which lets one example be taken out of it exactly: the leave-one-out
+scores that calibrate the unknown threshold and the prototype's temperature, and that tell
+whether fine-tuning could pay, all come from :func:`leave_one_out_similarity`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalised float rows."""
+    return F.normalize(features.float(), dim=-1)
+
+
+def class_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, dim) sums of each class's unit embeddings."""
+    return torch.zeros(num_classes, features.shape[1]).index_add_(0, labels, normalize(features))
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, dim) unit prototypes: the direction of each class's mean unit embedding."""
+    return normalize(class_sums(features, labels, num_classes))
+
+
+def leave_one_out_similarity(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(n, num_classes) cosine similarity of each example to every class prototype, its own
+    class's rebuilt without it: how a new example of a known class looks to the classifier.
+
+    For an example alone in its class the own-class entry is 0 (no prototype is left).
+    """
+    unit = normalize(features)
+    sums = torch.zeros(num_classes, unit.shape[1]).index_add_(0, labels, unit)
+    similarity = unit @ normalize(sums).T
+    own = torch.arange(len(labels))
+    similarity[own, labels] = (unit * normalize(sums[labels] - unit)).sum(dim=1)
+    return similarity
