@@ -63,8 +63,8 @@ def run_episode(dataset: Dataset, episode, way: int, strategy: str, backbone) ->
     nearest = np.array([names[:way].index(p.nearest) for p in predictions])
     novelty = np.array([p.novelty for p in predictions])
     probabilities = torch.tensor([list(p.probabilities.values()) for p in predictions])[torch.from_numpy(is_known)]
-    features, _, _ = classifier.embed([q for q, k in zip(queries, is_known) if k])
-    raw = classifier.strategy.logits(features).softmax(1)
+    batch, _ = classifier.embed([q for q, k in zip(queries, is_known) if k])
+    raw = classifier.head.probabilities(batch.features, temperature=1.0)
     known_truth = torch.from_numpy(truth[is_known])
     row = {
         "closed_acc": float((nearest[is_known] == truth[is_known]).mean()),

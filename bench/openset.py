@@ -25,7 +25,7 @@ import torch
 
 import fewtune
 from fewtune.model.calibration import expected_calibration_error
-from fewtune.model.classifier import Classifier
+from fewtune.model.head import Embeddings, Head
 from fewtune.evaluate.episodes import mean_ci95, sample_episodes
 from fewtune.features.embedding import embed_files
 
@@ -40,19 +40,18 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 def run_episode(backbone, features, labels, episode, known: int, strategy: str) -> dict[str, float]:
     query_local = {c: i for i, c in enumerate(episode.classes)}
     support = [i for i in episode.support if query_local[labels[i]] < known]
-    clf = Classifier(
-        backbone=backbone,
+    clf = Head(
         strategy=fewtune.create_strategy(strategy),
         classes=[str(c) for c in episode.classes[:known]],
-        support_features=features[support],
-        support_labels=torch.tensor([query_local[labels[i]] for i in support]),
+        support=Embeddings.frozen(features[support]),
+        labels=torch.tensor([query_local[labels[i]] for i in support]),
     )
-    clf.refit()
+    clf.fit()
     q_local = np.array([query_local[labels[i]] for i in episode.query])
     is_known = q_local < known
     q = features[episode.query]
-    novelty = clf.novelty_features(q).numpy()
-    probabilities = clf.predict_proba_features(q)
+    novelty = clf.novelty(q).numpy()
+    probabilities = clf.probabilities(q)
     raw = clf.strategy.logits(q).softmax(1)
     predicted = probabilities.argmax(1).numpy()
     correct = is_known & (predicted == q_local)

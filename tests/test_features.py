@@ -89,7 +89,7 @@ def test_a_warm_train_never_builds_the_backbone(colour_data, tiny_weights):
     cold = fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)
     warm = fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)
     assert not warm.backbone.built and warm.training["embeddings_computed"] == 0
-    assert torch.equal(warm.support_features, cold.support_features)
+    assert torch.equal(warm.head.support.features, cold.head.support.features)
     photo = next(colour_data.glob("red/*"))
     assert warm.predict([photo])[0].label == "red" and not warm.backbone.built  # cached photo: still no network
 

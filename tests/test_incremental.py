@@ -29,14 +29,14 @@ def test_adding_examples_to_an_existing_class(tiny_backbone, colour_data, tmp_pa
     clf = fewtune.train(colour_data, "probe", backbone=tiny_backbone)
     extra = make_image(tmp_path / "extra.png", (200, 40, 40), noise_seed=99)
     clf.add_examples("red", [extra])
-    assert clf.training["per_class"]["red"] == 4 and len(clf.support_labels) == 10
+    assert clf.training["per_class"]["red"] == 4 and len(clf.head.labels) == 10
     assert clf.predict(extra)[0].label == "red"
 
 
 def test_remove_class(tiny_backbone, colour_data):
     clf = fewtune.train(colour_data, "probe", backbone=tiny_backbone)
     clf.remove_class("green")
-    assert clf.classes == ["blue", "red"] and sorted(set(clf.support_labels.tolist())) == [0, 1]
+    assert clf.classes == ["blue", "red"] and sorted(set(clf.head.labels.tolist())) == [0, 1]
     assert {p.label for p in clf.predict(colour_data / "red", open_set=False)} == {"red"}
     with pytest.raises(FewtuneError, match="no class 'green' to remove; the classes are blue, red"):
         clf.remove_class("green")

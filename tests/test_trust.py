@@ -86,7 +86,7 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(tiny_backbone, colo
     classifier = fewtune.train(colour_data, backbone=tiny_backbone, notify=messages.append)
     assert messages and messages[0].startswith("fine-tuning:") and " s" in messages[0]
     assert classifier.fit_report["chosen"] == "finetune" and classifier.pretrained is tiny_backbone
-    assert classifier.backbone.tuned_sha256 and classifier.pretrained_support.shape == classifier.support_features.shape
+    assert classifier.backbone.tuned_sha256 and classifier.head.support.novelty.shape == classifier.head.support.features.shape
     # the temperature comes from images held out of the cross-fitted tune, not from the support set
     assert "cross-fitted fine-tune" in classifier.calibration["method"]
     assert classifier.calibration["held_out_predictions"] == 3
@@ -94,14 +94,14 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(tiny_backbone, colo
     classifier.save(tmp_path / "m")
     loaded = fewtune.load(tmp_path / "m", backbone=tiny_backbone)
     assert loaded.pretrained.fingerprint == tiny_backbone.fingerprint  # a copy: load never changes the caller's backbone
-    assert torch.equal(loaded.pretrained_support, classifier.pretrained_support)
+    assert torch.equal(loaded.head.support.novelty, classifier.head.support.novelty)
     image = colour_data / "green" / "1.png"
     [before], [after] = classifier.predict(image), loaded.predict(image)
     assert before.novelty == after.novelty and before.label == after.label == "green"
     assert json.loads((tmp_path / "m" / "config.json").read_text())["strategy"]["fit"]["chosen"] == "finetune"
     # a class added later is embedded by both bodies
     loaded.add_examples("red2", [colour_data / "red" / "0.png", colour_data / "red" / "1.png"])
-    assert loaded.pretrained_support.shape[0] == loaded.support_features.shape[0] == 11
+    assert len(loaded.head.support.novelty) == len(loaded.head.support.features) == 11
 
 
 def test_no_tune_means_frozen_strategies_only(tiny_backbone, colour_data, monkeypatch):
@@ -139,9 +139,9 @@ def test_calibration_never_worsens_ece_on_held_out_photos(real_backbone, tmp_pat
     truth = torch.tensor(test_labels)
     for strategy in ("prototype", "probe"):
         classifier = fewtune.train(root, strategy, backbone=real_backbone)
-        features, _, _ = classifier.embed(test_paths)
-        before = expected_calibration_error(classifier.strategy.logits(features).softmax(1), truth)
-        after = expected_calibration_error(classifier.predict_proba_features(features), truth)
+        batch, _ = classifier.embed(test_paths)
+        before = expected_calibration_error(classifier.head.probabilities(batch.features, temperature=1.0), truth)
+        after = expected_calibration_error(classifier.head.probabilities(batch.features), truth)
         assert after <= before + 1e-9, strategy
         assert "on_search_bound" not in classifier.calibration
 

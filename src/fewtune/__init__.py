@@ -21,7 +21,7 @@ _EXPORTS = {
     "create_backbone": "fewtune.features.backbones",
     "list_backbones": "fewtune.features.backbones",
     "Classifier": "fewtune.model.classifier",
-    "Prediction": "fewtune.model.classifier",
+    "Prediction": "fewtune.model.prediction",
     "load": "fewtune.model.classifier",
     "Dataset": "fewtune.data.dataset",
     "load_dataset": "fewtune.data.dataset",
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from fewtune.features.backbones import create_backbone as create_backbone
     from fewtune.features.backbones import list_backbones as list_backbones
     from fewtune.model.classifier import Classifier as Classifier
-    from fewtune.model.classifier import Prediction as Prediction
+    from fewtune.model.prediction import Prediction as Prediction
     from fewtune.model.classifier import load as load
     from fewtune.data.dataset import Dataset as Dataset
     from fewtune.data.dataset import load_dataset as load_dataset

@@ -435,7 +435,7 @@ def info(
         return
     backbone, strategy, training = config["backbone"], config["strategy"], config.get("training") or {}
     counts = training.get("per_class") or {}
-    from fewtune.model.classifier import OpenSet
+    from fewtune.model.openset import OpenSet
 
     settings = {k: v for k, v in strategy["hyperparameters"].items() if k != "tuning"}  # tuning: the body line below
     lines = [

@@ -35,7 +35,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from fewtune.features.backbones import Backbone
-from fewtune.model.classifier import Classifier, OpenSet, check_class_names
+from fewtune.model.classifier import Classifier
+from fewtune.model.head import Embeddings, Head, check_class_names
+from fewtune.model.openset import OpenSet
 from fewtune.errors import FewtuneError
 from fewtune.features.embedding import decode_size, embed_images
 from fewtune.data.images import MAX_DECODE_BYTES, ImageTooLarge, decode, probe_cost
@@ -100,9 +102,10 @@ class Teacher:
             config.strategy = classifier.strategy.name
             config.open_set = replace(classifier.open_set)
             for index, label in enumerate(classifier.classes):
-                self.examples[label] = classifier.support_features[classifier.support_labels == index]
-                if classifier.pretrained_support is not None:
-                    self.pretrained_examples[label] = classifier.pretrained_support[classifier.support_labels == index]
+                mine = classifier.head.support.select(classifier.head.labels == index)
+                self.examples[label] = mine.features
+                if classifier.pretrained is not None:
+                    self.pretrained_examples[label] = mine.novelty
 
     def counts(self) -> dict[str, int]:
         return {label: len(features) for label, features in self.examples.items()}
@@ -138,19 +141,18 @@ class Teacher:
             return
         classes = list(self.examples)
         labels = torch.cat([torch.full((len(f),), i) for i, f in enumerate(self.examples.values())])
-        classifier = Classifier(
-            backbone=self.backbone,
+        features = torch.cat(list(self.examples.values()))
+        novelty = torch.cat(list(self.pretrained_examples.values())) if self.pretrained is not None else features
+        head = Head(
             strategy=create_strategy(self.config.strategy),
             classes=classes,
-            support_features=torch.cat(list(self.examples.values())),
-            support_labels=labels,
+            support=Embeddings(features, novelty),
+            labels=labels,
             open_set=replace(self.config.open_set),
-            training={"source": "fewtune serve", "images": len(labels), "per_class": self.counts()},
-            pretrained=self.pretrained,
-            pretrained_support=torch.cat(list(self.pretrained_examples.values())) if self.pretrained is not None else None,
         )
-        classifier.refit()
-        self.classifier = classifier
+        head.fit()
+        training = {"source": "fewtune serve", "images": len(labels), "per_class": self.counts()}
+        self.classifier = Classifier(backbone=self.backbone, head=head, pretrained=self.pretrained, training=training)
 
 
 class Batcher:
@@ -322,8 +324,9 @@ def create_app(backbone: Backbone, classifier: Classifier | None = None, config:
         pictures = await decode_all(items)
         features = await run_in_threadpool(batcher.embed, pictures)
         pretrained = await run_in_threadpool(embed_images, current.pretrained, pictures) if current.pretrained is not None else None
-        predictions = current.predict_features(features, top_k, open_set=open_set, pretrained_features=pretrained)
-        return [{**p.to_dict(), "path": name} for p, (name, _) in zip(predictions, items)]
+        batch = Embeddings(features, features if pretrained is None else pretrained)
+        predictions = current.head.predict(batch, [name for name, _ in items], top_k, open_set=open_set)
+        return [p.to_dict() for p in predictions]
 
     @app.post("/classes/{label}/examples", dependencies=[Depends(require_token)])
     async def add_examples(label: str, request: Request) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from fewtune.storage import atomic
 from fewtune.model.calibration import expected_calibration_error
 from fewtune.model.classifier import Classifier
 from fewtune.data.dataset import Dataset
-from fewtune.strategies.base import normalize
+from fewtune.geometry import normalize
 
 
 @dataclass
@@ -79,18 +79,19 @@ def evaluate(
     cosine >= :data:`SAME_PICTURE`) are counted in ``Report.duplicates_of_training``, and left
     out with ``dedupe``.
     """
-    features, pretrained, kept = classifier.embed(data.paths, skip_bad=skip_bad, progress=progress)
+    batch, kept = classifier.embed(data.paths, skip_bad=skip_bad, progress=progress)
+    head = classifier.head
     names = [data.classes[data.labels[i]] for i in kept]
     paths = [str(data.paths[i]) for i in kept]
-    similarity = normalize(pretrained) @ normalize(classifier.novelty_support).T
-    copies = similarity.max(dim=1).values >= SAME_PICTURE if len(features) else torch.zeros(0, dtype=torch.bool)
-    duplicates = [p for p, c in zip(paths, copies.tolist()) if c]
+    similarity = normalize(batch.novelty) @ normalize(head.support.novelty).T
+    copies = similarity.max(dim=1).values >= SAME_PICTURE if len(batch) else torch.zeros(0, dtype=torch.bool)
+    duplicates = [p for p, c in zip(paths, copies.tolist(), strict=True) if c]
     if dedupe and duplicates:
         keep = (~copies).nonzero().flatten().tolist()
-        names, paths, features, pretrained = [names[i] for i in keep], [paths[i] for i in keep], features[keep], pretrained[keep]
+        names, paths, batch = [names[i] for i in keep], [paths[i] for i in keep], batch.select(keep)
     known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
-    logits = classifier.strategy.logits(features[known])
-    probabilities = (logits / classifier.temperature).softmax(1)
+    probabilities = head.probabilities(batch.features[known])
+    uncalibrated = head.probabilities(batch.features[known], temperature=1.0)
     truth = torch.tensor([classifier.classes.index(n) for n, k in zip(names, known.tolist()) if k], dtype=torch.long)
     predicted = probabilities.argmax(1)
     num_classes = len(classifier.classes)
@@ -110,14 +111,14 @@ def evaluate(
     confidence = probabilities.max(1).values
     wrong = (predicted != truth).nonzero().flatten().tolist()
     wrong.sort(key=lambda i: -float(confidence[i]))
-    novelty = classifier.novelty_features(pretrained)
+    novelty = head.novelty(batch.novelty)
     threshold = classifier.open_set.threshold
     unknown_names = sorted({n for n, k in zip(names, known.tolist()) if not k})
     return Report(
         images=int(known.sum()),
         accuracy=round(float((predicted == truth).double().mean()) if len(truth) else 0.0, 4),
         balanced_accuracy=round(sum(s.recall for s in present) / len(present), 4) if present else 0.0,
-        ece_uncalibrated=round(expected_calibration_error(logits.softmax(1), truth), 4) if len(truth) else 0.0,
+        ece_uncalibrated=round(expected_calibration_error(uncalibrated, truth), 4) if len(truth) else 0.0,
         ece=round(expected_calibration_error(probabilities, truth), 4) if len(truth) else 0.0,
         classes=list(classifier.classes),
         per_class=per_class,

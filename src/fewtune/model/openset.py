@@ -12,6 +12,7 @@ scores. It depends on embeddings only, so it works for every strategy and for an
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +28,24 @@ TARGET_KNOWN_RECALL = 0.98
 ONE_SHOT_MARGIN = 1.0
 #: an unknown answer's probability never leaves [1 - CAP, CAP]: a few examples cannot prove certainty
 UNKNOWN_PROBABILITY_CAP = 0.99
+DEFAULT_UNKNOWN_LABEL = "unknown"
+
+
+@dataclass
+class OpenSet:
+    """How a classifier answers "none of these".
+
+    Attributes:
+        enabled: reject inputs whose novelty is above ``threshold``.
+        threshold: calibrated from the support set by :func:`calibrate_threshold`.
+        unknown_label: the label a rejected input gets; no class may have this name.
+        calibration: how the threshold was chosen.
+    """
+
+    enabled: bool = True
+    threshold: float = math.inf
+    unknown_label: str = DEFAULT_UNKNOWN_LABEL
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def novelty(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from fewtune.features.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from fewtune.model.classifier import DEFAULT_UNKNOWN_LABEL, Classifier, OpenSet, check_class_names
+from fewtune.model.classifier import Classifier
+from fewtune.model.head import Embeddings, Head, check_class_names
+from fewtune.model.openset import DEFAULT_UNKNOWN_LABEL, OpenSet
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.errors import FewtuneError
 from fewtune.features.embedding import embed_files
@@ -97,19 +99,16 @@ def train(
         "seconds": round(time.perf_counter() - started, 3),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    classifier = Classifier(
-        backbone=backbone,
+    head = Head(
         strategy=model,
         classes=list(dataset.classes),
-        support_features=features,
-        support_labels=labels,
+        support=Embeddings(features, features if pretrained_support is None else pretrained_support),
+        labels=labels,
         open_set=OpenSet(enabled=open_set, unknown_label=unknown_label),
-        training=summary,
-        pretrained=pretrained,
-        pretrained_support=pretrained_support,
     )
+    classifier = Classifier(backbone=backbone, head=head, pretrained=pretrained, training=summary)
     with Status(f"fitting {strategy}: the head, calibration and the unknown threshold", enabled=progress):
-        classifier.refit()
+        head.fit()
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return classifier
 

@@ -39,7 +39,9 @@ from safetensors.torch import save_file
 from fewtune.storage import atomic as swap
 from fewtune._version import __version__
 from fewtune.features.backbones import REGISTRY, Backbone, create_backbone, state_sha256
-from fewtune.model.classifier import Classifier, OpenSet
+from fewtune.model.classifier import Classifier
+from fewtune.model.head import Embeddings, Head
+from fewtune.model.openset import OpenSet
 from fewtune.errors import FewtuneError
 from fewtune.storage.locks import model_lock
 from fewtune.storage.schema import FORMAT_VERSION, check_tensors, validate_config
@@ -73,13 +75,13 @@ def save(classifier: Classifier, path: str | Path) -> Path:
 
 
 def _write(classifier: Classifier, config: dict[str, Any], path: Path) -> None:
-    save_id = uuid.uuid4().hex
+    save_id, head = uuid.uuid4().hex, classifier.head
     tensors = {
-        "strategy.safetensors": classifier.strategy.state_dict(),
-        "support.safetensors": {"features": classifier.support_features, "labels": classifier.support_labels},
+        "strategy.safetensors": head.strategy.state_dict(),
+        "support.safetensors": {"features": head.support.features, "labels": head.labels},
     }
-    if classifier.pretrained_support is not None:  # a tuned body: novelty is measured on these
-        tensors["support.safetensors"]["pretrained_features"] = classifier.pretrained_support
+    if classifier.pretrained is not None:  # a tuned body: novelty is measured on these
+        tensors["support.safetensors"]["pretrained_features"] = head.support.novelty
     if classifier.backbone.tuned_sha256:
         tensors["body.safetensors"] = classifier.backbone.model.state_dict()
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
@@ -194,20 +196,17 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         raise FewtuneError(f"{path}/strategy.safetensors: does not fit the {config['strategy']['name']} strategy ({type(exc).__name__}); train the classifier again") from None
     if tuple(probe.shape) != (1, len(config["classes"])):
         raise FewtuneError(f"{path}/strategy.safetensors: scores {probe.shape[-1]} classes but config.json names {len(config['classes'])}; train the classifier again")
-    return Classifier(
-        backbone=backbone,
+    head = Head(
         strategy=strategy,
         classes=list(config["classes"]),
-        support_features=features,
-        support_labels=labels,
-        fit_report=config["strategy"].get("fit") or {},
+        support=Embeddings(features, features if pretrained_support is None else pretrained_support),
+        labels=labels,
+        open_set=OpenSet(**{**config["open_set"], "threshold": float(config["open_set"]["threshold"])}),
         temperature=float(config["calibration"]["temperature"]),
         calibration=config["calibration"],
-        open_set=OpenSet(**{**config["open_set"], "threshold": float(config["open_set"]["threshold"])}),
-        training=config.get("training") or {},
-        pretrained=pretrained,
-        pretrained_support=pretrained_support,
+        fit_report=config["strategy"].get("fit") or {},
     )
+    return Classifier(backbone=backbone, head=head, pretrained=pretrained, training=config.get("training") or {})
 
 
 def _strategy(path: Path, config: dict[str, Any]) -> Strategy:

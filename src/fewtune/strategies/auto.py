@@ -135,6 +135,10 @@ class Auto(Strategy):
     def held_out(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         return self._require().held_out(features, labels, num_classes)
 
+    @property
+    def body_tuned(self) -> bool:
+        return self.chosen is not None and self.chosen.body_tuned
+
     def fit_report(self) -> dict[str, Any]:
         return dict(self._report)
 

@@ -48,6 +48,13 @@ class Strategy(abc.ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    @property
+    def body_tuned(self) -> bool:
+        """Whether the embeddings this strategy scores come from a body it fine-tuned on the
+        support images (see :meth:`held_out`): then a temperature fitted once stays when the
+        classes change, since the tuned body's own support predictions cannot refit it."""
+        return False
+
     def fit_report(self) -> dict[str, Any]:
         """What fitting chose and why (e.g. a cross-validated setting), for config.json and the CLI."""
         return {}

@@ -278,6 +278,10 @@ class Finetune(Strategy):
             raise RuntimeError("call fit() first")
         return self.head(features.float())
 
+    @property
+    def body_tuned(self) -> bool:
+        return self.tuning.get("result") is not None
+
     def fit_report(self) -> dict[str, Any]:
         return dict(self._report)
 

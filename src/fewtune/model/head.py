@@ -1,0 +1,214 @@
+"""Everything a classifier knows past its backbone, working on embeddings only.
+
+A :class:`Head` is a strategy with its temperature, its unknown threshold and the support
+embeddings it was fitted on. Every entry point (the Python API, the CLI, the server, evaluation)
+predicts through :meth:`Head.predict`, so an answer is computed one way wherever it is asked
+for; the classifier only turns inputs into :class:`Embeddings` and hands them on. Nothing here
+sees an image, so a sentence encoder's embeddings would do as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from fewtune.errors import FewtuneError
+from fewtune.geometry import class_means
+from fewtune.model import transduction
+from fewtune.model.calibration import fit_temperature
+from fewtune.model.openset import OpenSet, calibrate_threshold, novelty, unknown_probability
+from fewtune.model.prediction import Prediction
+from fewtune.strategies.base import Strategy
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """A batch of inputs as a head sees them.
+
+    Attributes:
+        features: (n, dim) by the classifier's backbone: what the strategy scores.
+        novelty: (n, dim) the same inputs by the *pretrained* backbone: what "none of these" is
+            measured on (see :mod:`fewtune.model.openset`). The same tensor unless the body was
+            fine-tuned, whose embeddings of its own training images sit too tight to judge by.
+    """
+
+    features: torch.Tensor
+    novelty: torch.Tensor
+
+    @classmethod
+    def frozen(cls, features: torch.Tensor) -> Embeddings:
+        """Embeddings by a pretrained backbone: one tensor serves both purposes."""
+        return cls(features, features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def select(self, index: torch.Tensor | list[int]) -> Embeddings:
+        return Embeddings(self.features[index], self.novelty[index])
+
+    def extend(self, other: Embeddings) -> Embeddings:
+        return Embeddings(torch.cat([self.features, other.features]), torch.cat([self.novelty, other.novelty]))
+
+
+@dataclass(repr=False)
+class Head:
+    """Strategy + temperature + unknown threshold + the support embeddings they were fitted on.
+
+    Attributes:
+        support, labels: the embeddings fitted on, (n,) labels in ``[0, len(classes))``; kept so
+            classes can be added or removed later without the original images.
+        fit_report: what fitting chose and why (see :meth:`Strategy.fit_report`).
+        temperature: divides the strategy's logits so probabilities are calibrated; calibration: how.
+    """
+
+    strategy: Strategy
+    classes: list[str]
+    support: Embeddings
+    labels: torch.Tensor
+    open_set: OpenSet = field(default_factory=OpenSet)
+    temperature: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict)
+    fit_report: dict[str, Any] = field(default_factory=dict)
+
+    def fit(self) -> None:
+        """Fit the strategy, then the temperature and the unknown threshold on predictions the
+        model was not trained on: the strategy's held-out predictions (see
+        :meth:`Strategy.held_out`) and leave-one-out novelty of pretrained embeddings."""
+        check_class_names(self.classes, self.open_set.unknown_label)
+        features, labels, num_classes = self.support.features, self.labels, len(self.classes)
+        self.strategy.fit(features, labels, num_classes)
+        self.fit_report = self.strategy.fit_report()
+        held_out = self.strategy.held_out(features, labels, num_classes)
+        if held_out is None and self.strategy.body_tuned and "held_out_predictions" in self.calibration:
+            # classes changed since the body was tuned: its held-out predictions are gone, the
+            # temperature they gave still describes how confident the tuned body is
+            self.calibration = {**self.calibration, "kept": "classes changed since fine-tuning"}
+        elif held_out is None:
+            self.temperature = 1.0
+            self.calibration = {"temperature": 1.0, "method": "none (nothing to hold out: a class has one example)"}
+        else:
+            logits, truth, how = held_out
+            self.temperature, self.calibration = fit_temperature(logits, truth)
+            self.calibration["method"] = f"temperature scaling on {how}"
+        threshold, how_threshold = calibrate_threshold(self.support.novelty, labels, num_classes)
+        self.open_set = replace(self.open_set, threshold=threshold, calibration=how_threshold)
+
+    def probabilities(self, features: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """(n, num_classes) calibrated probabilities of embeddings by the classifier's backbone
+        (``temperature=1.0``: the strategy's own, uncalibrated, for comparison)."""
+        if features.shape[0] == 0:
+            return torch.empty(0, len(self.classes))
+        scale = self.temperature if temperature is None else temperature
+        return (self.strategy.logits(features) / scale).softmax(dim=1)
+
+    def novelty(self, pretrained: torch.Tensor) -> torch.Tensor:
+        """(n,) novelty of embeddings by the pretrained backbone (see :mod:`fewtune.model.openset`)."""
+        if pretrained.shape[0] == 0:
+            return torch.empty(0)
+        return novelty(pretrained, class_means(self.support.novelty, self.labels, len(self.classes)))
+
+    def predict(
+        self,
+        batch: Embeddings,
+        names: Sequence[str],
+        top_k: int = 1,
+        *,
+        open_set: bool | None = None,
+        unknown_threshold: float | None = None,
+        unknown_label: str | None = None,
+        transductive: bool | str = False,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per row of ``batch``, named by ``names``.
+
+        Args:
+            open_set, unknown_threshold, unknown_label: override the saved :class:`OpenSet`.
+            transductive: classify the batch together with the strategy's classes refined on it
+                (:mod:`fewtune.model.transduction`): ``True`` lets the batch decide how (or keep
+                the inductive answer where refining does not pay), ``"balanced"`` assumes about as
+                many inputs of each class.
+        """
+        settings = self.open_set
+        reject = settings.enabled if open_set is None else open_set
+        threshold = settings.threshold if unknown_threshold is None else unknown_threshold
+        unknown = settings.unknown_label if unknown_label is None else unknown_label
+        probabilities = self._transductive(batch.features, transductive) if transductive else None
+        if probabilities is None:
+            probabilities = self.probabilities(batch.features)
+        scores_novelty = self.novelty(batch.novelty)
+        doubt = unknown_probability(scores_novelty, threshold, float(settings.calibration.get("spread", 0.05)))
+        k = max(1, min(top_k, len(self.classes)))
+        scores, indices = probabilities.topk(k, dim=1)
+        results = []
+        for row, name in enumerate(names):
+            ranked = [(self.classes[c], round(float(s), 6)) for s, c in zip(scores[row], indices[row], strict=True)]
+            is_unknown = bool(reject and scores_novelty[row] > threshold)
+            results.append(
+                Prediction(
+                    path=name,
+                    label=unknown if is_unknown else ranked[0][0],
+                    score=round(float(doubt[row]), 6) if is_unknown else ranked[0][1],
+                    top_k=ranked,
+                    probabilities={
+                        c: round(float(p), 6) for c, p in zip(self.classes, probabilities[row], strict=True)
+                    },
+                    novelty=round(float(scores_novelty[row]), 6),
+                    is_unknown=is_unknown,
+                    nearest=ranked[0][0],
+                    unknown_probability=round(float(doubt[row]), 6) if reject else 0.0,
+                )
+            )
+        return results
+
+    def _transductive(self, features: torch.Tensor, mode: bool | str) -> torch.Tensor | None:
+        """Probabilities of the batch refined on itself, or None where the inductive answer stands."""
+        if len(features) < 2:
+            return None
+        support, labels, num_classes = self.support.features, self.labels, len(self.classes)
+        if mode == "balanced":
+            return transduction.log_probabilities(support, labels, num_classes, features, True).exp()
+        decided = transduction.decide(support, labels, num_classes, features)
+        return None if decided is None else decided[0].exp()
+
+    def add(self, label: str, batch: Embeddings) -> None:
+        """Add a class from one or more examples, or more examples to a class, and refit."""
+        check_class_names([*self.classes, label], self.open_set.unknown_label)
+        if label not in self.classes:
+            self.classes.append(label)
+        index = self.classes.index(label)
+        self.support = self.support.extend(batch)
+        self.labels = torch.cat([self.labels, torch.full((len(batch),), index)])
+        self.fit()
+
+    def remove(self, label: str) -> None:
+        """Forget a class and its examples, and refit on the rest."""
+        if label not in self.classes:
+            raise FewtuneError(f"no class {label!r} to remove; the classes are {', '.join(self.classes)}")
+        if len(self.classes) <= 2:
+            raise FewtuneError(
+                f"cannot remove {label!r}: a classifier needs at least two classes; add another first"
+            )
+        index = self.classes.index(label)
+        keep = self.labels != index
+        self.support = self.support.select(keep.nonzero().flatten())
+        self.labels = self.labels[keep] - (self.labels[keep] > index).long()
+        self.classes.pop(index)
+        self.fit()
+
+    def counts(self) -> dict[str, int]:
+        """Examples per class, in class order."""
+        return dict(zip(self.classes, torch.bincount(self.labels, minlength=len(self.classes)).tolist(), strict=True))
+
+
+def check_class_names(classes: list[str], unknown_label: str) -> None:
+    """Class names must be non-empty, distinct from the label given to rejected inputs."""
+    for name in classes:
+        if not name or name != name.strip():
+            raise FewtuneError(f"class name {name!r} is empty or has surrounding spaces; rename it")
+        if name == unknown_label:
+            raise FewtuneError(
+                f"a class is named {name!r}, the label given to inputs of no known class; rename the class "
+                f"or choose another with --unknown-label"
+            )
