@@ -123,6 +123,37 @@ class Backbone:
         features = self.model.forward_features(images)
         return self.model.forward_head(features, pre_logits=True).float()
 
+    def imagenet_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The network's own ImageNet classifier on pooled embeddings, ``(weight, bias)``, or None
+        when it has none. Kept beside the feature caches (5 MB for EfficientNet-Lite0) so a run
+        served from the cache can ask it how ImageNet-like the images are without building the
+        network; a tuned body keeps the pretrained classifier (only body stages are tuned)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, save
+
+        from fewtune.features.cache import default_cache_dir
+        from fewtune.storage import atomic
+
+        key = hashlib.sha256(f"{self.timm_name}:{self.weights_sha256}".encode()).hexdigest()[:32]
+        path = default_cache_dir() / "classifiers" / f"{key}.safetensors"
+        try:
+            state = load_file(path)
+            if set(state) == {"weight", "bias"} and state["weight"].shape[1:] == (self.dim,):
+                return state["weight"], state["bias"]
+            if not state:
+                return None  # remembered: this network has no ImageNet classifier
+        except (OSError, SafetensorError, ValueError, RuntimeError):
+            pass  # absent or unreadable: read it from the network, then remember it
+        layer = self.model.get_classifier()
+        found = isinstance(layer, nn.Linear) and layer.in_features == self.dim
+        tensors = {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()} if found else {}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(path, save(tensors))
+        except OSError:
+            pass  # a read-only cache only costs the network build next time
+        return (tensors["weight"], tensors["bias"]) if found else None
+
     @torch.inference_mode()
     def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The original classifier's logits, (n, 1000): proof the weights are really pretrained."""

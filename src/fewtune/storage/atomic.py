@@ -38,11 +38,16 @@ _RENAME_EXCHANGE, _AT_FDCWD = 2, -100
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``path`` whole or not at all; concurrent writers each leave a complete file (the last wins)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """:func:`write_text` for bytes."""
     path = Path(path)
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
-        with open(staging, "w", encoding="utf-8") as file:
-            file.write(text)
+        with open(staging, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(staging, path)
