@@ -72,6 +72,7 @@ class Head:
     temperature: float = 1.0
     calibration: dict[str, Any] = field(default_factory=dict)
     fit_report: dict[str, Any] = field(default_factory=dict)
+    _prototypes: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def fit(self) -> None:
         """Fit the strategy, then the temperature and the unknown threshold on predictions the
@@ -79,6 +80,7 @@ class Head:
         :meth:`Strategy.held_out`) and leave-one-out novelty of pretrained embeddings."""
         check_class_names(self.classes, self.open_set.unknown_label)
         features, labels, num_classes = self.support.features, self.labels, len(self.classes)
+        self._prototypes = None
         self.strategy.fit(features, labels, num_classes)
         self.fit_report = self.strategy.fit_report()
         held_out = self.strategy.held_out(features, labels, num_classes)
@@ -108,7 +110,9 @@ class Head:
         """(n,) novelty of embeddings by the pretrained backbone (see :mod:`fewtune.model.openset`)."""
         if pretrained.shape[0] == 0:
             return torch.empty(0)
-        return novelty(pretrained, class_means(self.support.novelty, self.labels, len(self.classes)))
+        if self._prototypes is None:  # the support changes only through fit()
+            self._prototypes = class_means(self.support.novelty, self.labels, len(self.classes))
+        return novelty(pretrained, self._prototypes)
 
     def predict(
         self,
