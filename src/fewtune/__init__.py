@@ -34,19 +34,19 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from fewtune.data.dataset import Dataset as Dataset
+    from fewtune.data.dataset import load_dataset as load_dataset
+    from fewtune.data.inputs import ImageInput as ImageInput
+    from fewtune.errors import FewtuneError as FewtuneError
     from fewtune.features.backbones import Backbone as Backbone
     from fewtune.features.backbones import create_backbone as create_backbone
     from fewtune.features.backbones import list_backbones as list_backbones
     from fewtune.model.classifier import Classifier as Classifier
-    from fewtune.model.prediction import Prediction as Prediction
     from fewtune.model.classifier import load as load
-    from fewtune.data.dataset import Dataset as Dataset
-    from fewtune.data.dataset import load_dataset as load_dataset
-    from fewtune.errors import FewtuneError as FewtuneError
-    from fewtune.data.inputs import ImageInput as ImageInput
+    from fewtune.model.prediction import Prediction as Prediction
+    from fewtune.model.training import train as train
     from fewtune.strategies import create_strategy as create_strategy
     from fewtune.strategies import list_strategies as list_strategies
-    from fewtune.model.training import train as train
 
 
 def __getattr__(name: str) -> Any:

@@ -9,13 +9,19 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class ProgressBar:
     """Context manager yielding ``advance(n)``; the bar appears once the work has taken a second."""
 
     def __init__(self, what: str, total: int, enabled: bool = True):
-        self.what, self.total, self.enabled, self.bar = what, total, enabled and total > 0, None
+        self.what, self.total, self.enabled = what, total, enabled and total > 0
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> Callable[[int], None]:
         self.start = time.monotonic()
@@ -34,12 +40,16 @@ class ProgressBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )  # fmt: skip
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(self._title(), total=self.total, completed=self.done)
-        elif self.bar is not None:
+        elif self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=self.done, description=self._title())
 
     def _title(self) -> str:
@@ -55,7 +65,9 @@ class Status:
     spinner with ``what`` on stderr, shown only once the phase has taken a second."""
 
     def __init__(self, what: str, enabled: bool = True):
-        self.what, self.enabled, self.live, self.lock = what, enabled, None, threading.Lock()
+        self.what, self.enabled, self.lock = what, enabled, threading.Lock()
+        #: the spinner once shown; False once the phase is over (a timer firing late shows nothing)
+        self.live: Any = None
 
     def __enter__(self) -> Status:
         if self.enabled:

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fewtune.errors import FewtuneError
 from fewtune.data.images import is_image_path, special_kind
+from fewtune.errors import FewtuneError
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,22 @@ def load_dataset(source: str | Path, min_classes: int = 2) -> Dataset:
     """
     source = Path(source)
     if not source.exists():
-        raise FewtuneError(f"{source}: no such file or folder; pass a folder with one subfolder per class, or a CSV")
+        raise FewtuneError(
+            f"{source}: no such file or folder; pass a folder with one subfolder per class, or a CSV"
+        )
     if source.is_file():
         if source.suffix.lower() != ".csv":
-            raise FewtuneError(f"{source}: expected a folder with one subfolder per class, or a .csv with path,label columns")
+            raise FewtuneError(
+                f"{source}: expected a folder with one subfolder per class, or a .csv with path,label columns"
+            )
         by_class, skipped = _from_csv(source)
     else:
         by_class, skipped = _from_folder(source)
     if len(by_class) < min_classes:
         only = f" (only {next(iter(by_class))!r})" if by_class else ""
-        raise FewtuneError(f"{source}: found one class{only}; a classifier needs at least two classes, one subfolder each")
+        raise FewtuneError(
+            f"{source}: found one class{only}; a classifier needs at least two classes, one subfolder each"
+        )
     classes = sorted(by_class)
     paths, labels = [], []
     for index, name in enumerate(classes):
@@ -69,7 +75,9 @@ def _from_folder(root: Path) -> tuple[dict[str, list[Path]], int]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
-        hint = f" (it holds {len(loose)} loose images: move them into one subfolder per class)" if loose else ""
+        hint = (
+            f" (it holds {len(loose)} loose images: move them into one subfolder per class)" if loose else ""
+        )
         raise FewtuneError(f"{root}: no class subfolders found{hint}; expected {root}/<class>/<image>.jpg")
     by_class: dict[str, list[Path]] = {}
     skipped = 0
@@ -135,9 +143,13 @@ def _from_csv(path: Path) -> tuple[dict[str, list[Path]], int]:
             rows = list(csv.DictReader(handle))
             fields = rows[0].keys() if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise FewtuneError(f"{path}: cannot read the CSV ({exc}); save it as UTF-8 text with a path,label header") from None
+        raise FewtuneError(
+            f"{path}: cannot read the CSV ({exc}); save it as UTF-8 text with a path,label header"
+        ) from None
     if not rows or "path" not in fields or "label" not in fields:
-        raise FewtuneError(f"{path}: expected a header row with 'path' and 'label' columns and at least one row")
+        raise FewtuneError(
+            f"{path}: expected a header row with 'path' and 'label' columns and at least one row"
+        )
     by_class: dict[str, list[Path]] = {}
     for line, row in enumerate(rows, start=2):
         label, file = (row["label"] or "").strip(), (row["path"] or "").strip()
@@ -145,9 +157,13 @@ def _from_csv(path: Path) -> tuple[dict[str, list[Path]], int]:
             raise FewtuneError(f"{path}, line {line}: empty path or label; every row needs both")
         image = Path(file) if Path(file).is_absolute() else path.parent / file
         if kind := special_kind(image):
-            raise FewtuneError(f"{path}, line {line}: {image} is {kind}, not an image; list one image file per row")
+            raise FewtuneError(
+                f"{path}, line {line}: {image} is {kind}, not an image; list one image file per row"
+            )
         if not image.is_file():
-            raise FewtuneError(f"{path}, line {line}: {image} does not exist; paths are relative to the CSV's folder")
+            raise FewtuneError(
+                f"{path}, line {line}: {image} does not exist; paths are relative to the CSV's folder"
+            )
         by_class.setdefault(label, []).append(image)
     return by_class, 0
 
@@ -179,17 +195,18 @@ def find_inputs(items: list[str | Path]) -> tuple[list[Path], int]:
             skipped += left_out
         elif kind is not None or path.is_file():
             paths.append(path)
-        elif matches := sorted(glob.glob(str(item), recursive=True)):
-            for match in map(Path, matches):
+        elif globbed := sorted(glob.glob(str(item), recursive=True)):
+            for match in map(Path, globbed):
                 if special_kind(match) is None and is_image_path(match):
                     paths.append(match)
                 else:
                     skipped += 1
         else:
             raise FewtuneError(
-                f"{item!s}: not a file, folder or glob that matches images; predict takes image paths, not labels"
+                f"{item!s}: not a file, folder or glob that matches images; predict takes image paths, not "
+                "labels"
             )
     if not paths:
-        found = f" ({skipped} entries matched, none an image file)" if skipped else ""
-        raise FewtuneError(f"no images to predict{found}: pass image files, folders or glob patterns")
+        note = f" ({skipped} entries matched, none an image file)" if skipped else ""
+        raise FewtuneError(f"no images to predict{note}: pass image files, folders or glob patterns")
     return paths, skipped

@@ -91,7 +91,9 @@ def decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
+            image: Image.Image = Image.open(
+                io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+            )
             if image.width * image.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
             if draft_size and image.format == "JPEG":
@@ -100,7 +102,8 @@ def decode(
             if cost > max_bytes:
                 raise ImageTooLarge(
                     f"{source}: decoding this {image.width}x{image.height} {image.mode} image would take "
-                    f"{cost / 2**20:,.0f} MiB, more than the {max_bytes / 2**20:,.0f} MiB allowed; downscale it"
+                    f"{cost / 2**20:,.0f} MiB, more than the {max_bytes / 2**20:,.0f} MiB allowed; "
+                    "downscale it"
                 )
             image.seek(0)  # first frame of a GIF / multi-page TIFF
             image.load()
@@ -119,7 +122,8 @@ def decode(
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise FewtuneError(
-            f"{source}: corrupt or truncated image ({exc}); re-export it, or pass --skip-bad to skip such files"
+            f"{source}: corrupt or truncated image ({exc}); re-export it, or pass --skip-bad to skip such "
+            "files"
         ) from None
 
 
@@ -161,7 +165,8 @@ def shrink(image: Image.Image, min_side: int) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB: transparency goes on white, 16-bit is rescaled, CMYK converted."""
+    """Convert any Pillow mode to 8-bit RGB: transparency goes on white, 16-bit is rescaled, CMYK
+    converted."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -186,12 +191,16 @@ def read(path: str | Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+        raise FewtuneError(
+            f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions"
+        ) from None
 
 
 def _refuse_special(path: str | Path) -> None:
     if kind := special_kind(path):
-        raise FewtuneError(f"{path}: is {kind}, not an image file; pass image files, or pass --skip-bad to skip such entries")
+        raise FewtuneError(
+            f"{path}: is {kind}, not an image file; pass image files, or pass --skip-bad to skip such entries"
+        )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -201,7 +210,9 @@ def sha256_file(path: str | Path) -> str:
         with open(path, "rb") as file:
             return hashlib.file_digest(file, "sha256").hexdigest()
     except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+        raise FewtuneError(
+            f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions"
+        ) from None
 
 
 def load_hashed(path: str | Path, draft_size: int | None = None) -> tuple[str, Image.Image]:
@@ -209,7 +220,9 @@ def load_hashed(path: str | Path, draft_size: int | None = None) -> tuple[str, I
     try:
         size = Path(path).stat().st_size
     except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+        raise FewtuneError(
+            f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions"
+        ) from None
     if size <= READ_WHOLE_BYTES:
         data = read(path)
         return hashlib.sha256(data).hexdigest(), decode(data, path, draft_size=draft_size)
@@ -218,7 +231,9 @@ def load_hashed(path: str | Path, draft_size: int | None = None) -> tuple[str, I
         with open(path, "rb") as file:
             return digest, decode(file, path, draft_size=draft_size)
     except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+        raise FewtuneError(
+            f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions"
+        ) from None
 
 
 def load(path: str | Path, draft_size: int | None = None) -> Image.Image:
@@ -228,4 +243,6 @@ def load(path: str | Path, draft_size: int | None = None) -> Image.Image:
         with open(path, "rb") as file:
             return decode(file, path, draft_size=draft_size)
     except OSError as exc:
-        raise FewtuneError(f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions") from None
+        raise FewtuneError(
+            f"{path}: cannot read the file ({exc.strerror}); check the path and its permissions"
+        ) from None

@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from fewtune.data.dataset import collect_inputs
-from fewtune.errors import FewtuneError
 from fewtune.data.images import MAX_PIXELS, to_rgb
+from fewtune.errors import FewtuneError
 
 #: One thing to classify, or a list of them (any mix).
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,15 @@ def expand(inputs: ImageInput | Sequence[ImageInput]) -> list[Item]:
     Raises:
         FewtuneError: an input is of no supported kind, or a path matches no image.
     """
-    single = isinstance(inputs, (str, Path, Image.Image, np.ndarray)) or (isinstance(inputs, torch.Tensor) and inputs.dim() <= 3)
+    single = isinstance(inputs, (str, Path, Image.Image, np.ndarray)) or (
+        isinstance(inputs, torch.Tensor) and inputs.dim() <= 3
+    )
     # a list, a tuple, a generator, or a 4-D tensor: a batch of C x H x W images
     entries = list(inputs) if not single and isinstance(inputs, Iterable) else [inputs]
     items: list[Item] = []
-    run: list[str | Path] = []  # consecutive paths expand together: a glob matching no image is fine among others
+    run: list[
+        str | Path
+    ] = []  # consecutive paths expand together: a glob matching no image is fine among others
     for position, entry in enumerate([*entries, None]):
         if isinstance(entry, (str, Path)):
             run.append(entry)
@@ -82,7 +86,10 @@ def to_picture(value: Any, position: int = 0) -> Image.Image:
             "a NumPy H x W x C uint8 array, a torch C x H x W tensor, or a list of these"
         )
     if picture.width * picture.height > MAX_PIXELS:
-        raise FewtuneError(f"{where}: {picture.width}x{picture.height} pixels is too large; downscale it below {MAX_PIXELS:,}")
+        raise FewtuneError(
+            f"{where}: {picture.width}x{picture.height} pixels is too large; downscale it below "
+            f"{MAX_PIXELS:,}"
+        )
     if picture.width == 0 or picture.height == 0:
         raise FewtuneError(f"{where}: an empty image ({picture.width}x{picture.height})")
     picture.load()
@@ -94,7 +101,8 @@ def _from_array(array: np.ndarray, where: str) -> Image.Image:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise FewtuneError(
-            f"{where}: a NumPy array of shape {array.shape}; expected H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (grey)"
+            f"{where}: a NumPy array of shape {array.shape}; expected H x W x 3 (RGB), H x W x 4 (RGBA) or "
+            "H x W (grey)"
         )
     if array.dtype != np.uint8:
         raise FewtuneError(
@@ -110,11 +118,14 @@ def _from_tensor(tensor: torch.Tensor, where: str) -> Image.Image:
     if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
     elif tensor.dim() != 2:
-        raise FewtuneError(f"{where}: a tensor of shape {tuple(tensor.shape)}; expected C x H x W with C = 1, 3 or 4")
+        raise FewtuneError(
+            f"{where}: a tensor of shape {tuple(tensor.shape)}; expected C x H x W with C = 1, 3 or 4"
+        )
     if tensor.is_floating_point():
         if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
             raise FewtuneError(
-                f"{where}: a float tensor outside [0, 1] (already normalised?); pass the picture before normalisation"
+                f"{where}: a float tensor outside [0, 1] (already normalised?); pass the picture before "
+                "normalisation"
             )
         tensor = (tensor * 255).round().to(torch.uint8)
     elif tensor.dtype != torch.uint8:
@@ -132,15 +143,15 @@ def embed_items(
     """
     from fewtune.features.embedding import embed_files, embed_images
 
-    files = [i for i, item in enumerate(items) if item.path is not None]
-    pictures = [i for i, item in enumerate(items) if item.picture is not None]
+    files = [(i, item.path) for i, item in enumerate(items) if item.path is not None]
+    pictures = [(i, item.picture) for i, item in enumerate(items) if item.picture is not None]
     rows: dict[int, torch.Tensor] = {}
     if files:
-        embedded = embed_files(backbone, [items[i].path for i in files], skip_bad=skip_bad, progress=progress)
-        rows.update({files[k]: row for k, row in zip(embedded.kept, embedded.features)})
+        embedded = embed_files(backbone, [p for _, p in files], skip_bad=skip_bad, progress=progress)
+        rows.update({files[k][0]: row for k, row in zip(embedded.kept, embedded.features, strict=True)})
     if pictures:
-        features = embed_images(backbone, [items[i].picture for i in pictures])
-        rows.update(zip(pictures, features))
+        embedded_pictures = embed_images(backbone, [p for _, p in pictures])
+        rows.update(zip([i for i, _ in pictures], embedded_pictures, strict=True))
     order = sorted(rows)
     features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, backbone.dim)
     return features, [items[i] for i in order]

@@ -49,12 +49,17 @@ def fingerprint(paths: Sequence[Path]) -> Fingerprints:
     return Fingerprints([s for s, _ in results], values)
 
 
-def duplicates(prints: Fingerprints, left: Sequence[int], right: Sequence[int], near: int = NEAR) -> list[tuple[int, int]]:
-    """Pairs ``(i, j)``, i from ``left`` and j from ``right``, that are the same or nearly the same picture."""
+def duplicates(
+    prints: Fingerprints, left: Sequence[int], right: Sequence[int], near: int = NEAR
+) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, i from ``left`` and j from ``right``, that are the same or nearly the
+    same picture."""
     if not len(left) or not len(right):
         return []
     a, b = prints.dhash[list(left)], prints.dhash[list(right)]
     xor = a[:, None] ^ b[None, :]
     distance = np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(axis=-1)
-    same = np.array([[prints.sha256[i] == prints.sha256[j] for j in right] for i in left]) | (distance <= near)
-    return [(left[i], right[j]) for i, j in zip(*np.nonzero(same))]
+    same = np.array([[prints.sha256[i] == prints.sha256[j] for j in right] for i in left]) | (
+        distance <= near
+    )
+    return [(left[i], right[j]) for i, j in zip(*np.nonzero(same), strict=True)]

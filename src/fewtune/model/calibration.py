@@ -79,8 +79,10 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     correct = (predicted == labels).double()
     edges = torch.linspace(0, 1, bins + 1)
     error = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
-            error += float(inside.double().mean() * (confidence[inside].double().mean() - correct[inside].mean()).abs())
+            error += float(
+                inside.double().mean() * (confidence[inside].double().mean() - correct[inside].mean()).abs()
+            )
     return error

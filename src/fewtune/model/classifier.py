@@ -89,7 +89,9 @@ class Classifier:
         ``expand(inputs)``) of the images kept: all unless ``skip_bad``."""
         return self._embed(expand(inputs), skip_bad=skip_bad, progress=progress)
 
-    def _embed(self, items: list[Any], *, skip_bad: bool = False, progress: bool = False) -> tuple[Embeddings, list[int]]:
+    def _embed(
+        self, items: list[Any], *, skip_bad: bool = False, progress: bool = False
+    ) -> tuple[Embeddings, list[int]]:
         features, kept = embed_items(self.backbone, items, skip_bad=skip_bad, progress=progress)
         position = {id(item): i for i, item in enumerate(items)}
         indices = [position[id(item)] for item in kept]
@@ -142,7 +144,9 @@ class Classifier:
         features, _ = embed_items(self.backbone, expand(inputs))
         return self.head.probabilities(features).numpy()
 
-    def add_examples(self, label: str, inputs: ImageInput | list[ImageInput], *, progress: bool = False) -> int:
+    def add_examples(
+        self, label: str, inputs: ImageInput | list[ImageInput], *, progress: bool = False
+    ) -> int:
         """Add a class from one or more examples, or more examples to a class, and refit.
 
         Exact for ``prototype``; ``probe`` refits its head on the stored embeddings, in seconds.

@@ -50,7 +50,9 @@ class Embeddings:
         return Embeddings(self.features[index], self.novelty[index])
 
     def extend(self, other: Embeddings) -> Embeddings:
-        return Embeddings(torch.cat([self.features, other.features]), torch.cat([self.novelty, other.novelty]))
+        return Embeddings(
+            torch.cat([self.features, other.features]), torch.cat([self.novelty, other.novelty])
+        )
 
 
 @dataclass(repr=False)
@@ -90,7 +92,10 @@ class Head:
             self.calibration = {**self.calibration, "kept": "classes changed since fine-tuning"}
         elif held_out is None:
             self.temperature = 1.0
-            self.calibration = {"temperature": 1.0, "method": "none (nothing to hold out: a class has one example)"}
+            self.calibration = {
+                "temperature": 1.0,
+                "method": "none (nothing to hold out: a class has one example)",
+            }
         else:
             logits, truth, how = held_out
             self.temperature, self.calibration = fit_temperature(logits, truth)
@@ -142,12 +147,16 @@ class Head:
         if probabilities is None:
             probabilities = self.probabilities(batch.features)
         scores_novelty = self.novelty(batch.novelty)
-        doubt = unknown_probability(scores_novelty, threshold, float(settings.calibration.get("spread", 0.05)))
+        doubt = unknown_probability(
+            scores_novelty, threshold, float(settings.calibration.get("spread", 0.05))
+        )
         k = max(1, min(top_k, len(self.classes)))
         scores, indices = probabilities.topk(k, dim=1)
         results = []
         for row, name in enumerate(names):
-            ranked = [(self.classes[c], round(float(s), 6)) for s, c in zip(scores[row], indices[row], strict=True)]
+            ranked = [
+                (self.classes[c], round(float(s), 6)) for s, c in zip(scores[row], indices[row], strict=True)
+            ]
             is_unknown = bool(reject and scores_novelty[row] > threshold)
             results.append(
                 Prediction(
@@ -203,7 +212,9 @@ class Head:
 
     def counts(self) -> dict[str, int]:
         """Examples per class, in class order."""
-        return dict(zip(self.classes, torch.bincount(self.labels, minlength=len(self.classes)).tolist(), strict=True))
+        return dict(
+            zip(self.classes, torch.bincount(self.labels, minlength=len(self.classes)).tolist(), strict=True)
+        )
 
 
 def check_class_names(classes: list[str], unknown_label: str) -> None:

@@ -1,4 +1,4 @@
-""""None of these": novelty of an input and the threshold past which it is rejected as unknown.
+""" "None of these": novelty of an input and the threshold past which it is rejected as unknown.
 
 Novelty is 1 - the cosine similarity to the nearest class prototype (class mean of L2-normalised
 support embeddings). It is always measured on the *pretrained* network's embeddings, also when a
@@ -88,7 +88,9 @@ def calibrate_threshold(
     else:
         scores = 1 - best_other  # each example as if its class were unknown
         threshold = float(scores.mean()) + ONE_SHOT_MARGIN * (float(scores.std()) if len(scores) > 1 else 0.0)
-        how = {"method": "one example per class: mean + 1 sd of each example's novelty against the other classes"}
+        how = {
+            "method": "one example per class: mean + 1 sd of each example's novelty against the other classes"
+        }
     spread = float(scores.std()) if len(scores) > 1 else 0.0
     return threshold, {**how, "calibration_examples": len(scores), "spread": round(max(spread, 1e-3), 6)}
 

@@ -5,23 +5,23 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fewtune.data.dataset import Dataset, load_dataset
+from fewtune.errors import FewtuneError
 from fewtune.features.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from fewtune.features.embedding import embed_files
 from fewtune.model.classifier import Classifier
 from fewtune.model.head import Embeddings, Head, check_class_names
 from fewtune.model.openset import DEFAULT_UNKNOWN_LABEL, OpenSet
-from fewtune.data.dataset import Dataset, load_dataset
-from fewtune.errors import FewtuneError
-from fewtune.features.embedding import embed_files
-from fewtune.strategies.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
 from fewtune.progress import Status
 from fewtune.strategies import create_strategy
 from fewtune.strategies.finetune import AUTO_TOP
+from fewtune.strategies.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
 
 DEFAULT_STRATEGY = "auto"
 
@@ -75,7 +75,9 @@ def train(
     labels = torch.tensor([dataset.labels[i] for i in embedded.kept], dtype=torch.long)
     empty = [c for i, c in enumerate(dataset.classes) if not (labels == i).any()]
     if empty:
-        raise FewtuneError(f"{dataset.source}: class {empty[0]!r} has no readable images left after skipping bad files")
+        raise FewtuneError(
+            f"{dataset.source}: class {empty[0]!r} has no readable images left after skipping bad files"
+        )
     kept_paths = [dataset.paths[i] for i in embedded.kept]
     features = embedded.features
     pretrained, pretrained_support = None, None
@@ -86,18 +88,25 @@ def train(
         )  # fmt: skip
         if tuned is not backbone:
             pretrained, pretrained_support = backbone, features  # novelty stays on pretrained embeddings
-            backbone, features = tuned, embed_files(tuned, kept_paths, cache=cache, progress=progress).features
+            backbone, features = (
+                tuned,
+                embed_files(tuned, kept_paths, cache=cache, progress=progress).features,
+            )
     summary = {
         "source": str(dataset.source),
         "images": len(kept_paths),
-        "per_class": dict(zip(dataset.classes, torch.bincount(labels, minlength=len(dataset.classes)).tolist())),
+        "per_class": dict(
+            zip(dataset.classes, torch.bincount(labels, minlength=len(dataset.classes)).tolist(), strict=True)
+        ),
         "skipped_non_images": dataset.skipped,
         "bad_images": [{"path": str(p), "error": reason} for p, reason in embedded.bad],
-        "duplicates_across_classes": _duplicates_across_classes(kept_paths, embedded.hashes, labels, dataset.classes),
+        "duplicates_across_classes": _duplicates_across_classes(
+            kept_paths, embedded.hashes, labels, dataset.classes
+        ),
         "embeddings_computed": embedded.computed,
         "embeddings_from_cache": len(kept_paths) - embedded.computed,
         "seconds": round(time.perf_counter() - started, 3),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     head = Head(
         strategy=model,
@@ -113,7 +122,9 @@ def train(
     return classifier
 
 
-def _duplicates_across_classes(paths: list[Path], hashes: list[str], labels: torch.Tensor, classes: list[str]) -> list[dict]:
+def _duplicates_across_classes(
+    paths: list[Path], hashes: list[str], labels: torch.Tensor, classes: list[str]
+) -> list[dict]:
     """Files with identical bytes filed under different classes: almost always a labelling mistake."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, digest in enumerate(hashes):
@@ -121,7 +132,12 @@ def _duplicates_across_classes(paths: list[Path], hashes: list[str], labels: tor
     found = []
     for members in groups.values():
         if len({int(labels[i]) for i in members}) > 1:
-            found.append({"classes": sorted({classes[int(labels[i])] for i in members}), "paths": [str(paths[i]) for i in members]})
+            found.append(
+                {
+                    "classes": sorted({classes[int(labels[i])] for i in members}),
+                    "paths": [str(paths[i]) for i in members],
+                }
+            )
     return found
 
 

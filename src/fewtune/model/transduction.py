@@ -49,7 +49,9 @@ SINKHORN_TOLERANCE = 1e-4
 BALANCE_LEVEL = 0.75
 
 
-def transform(support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, balanced: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def transform(
+    support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, balanced: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Signed square root, unit norm, centred, unit norm again. A balanced batch is centred on the
     mean of everything (PT-MAP); any other on the mean of the support's class means, which a
     lopsided batch cannot drag towards its largest class."""

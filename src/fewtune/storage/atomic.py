@@ -87,7 +87,11 @@ def retired(path: Path) -> list[Path]:
     if not path.parent.is_dir():
         return []
     pattern = _leftover(path)
-    found = [p for p in path.parent.iterdir() if p.name.endswith(".old") and pattern.fullmatch(p.name) and (p / "config.json").is_file()]
+    found = [
+        p
+        for p in path.parent.iterdir()
+        if p.name.endswith(".old") and pattern.fullmatch(p.name) and (p / "config.json").is_file()
+    ]
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 

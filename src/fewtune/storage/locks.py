@@ -82,7 +82,9 @@ def model_lock(
         file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise FewtuneError(f"{model}: cannot create the lock file {file} ({exc.strerror}); save to a folder you can write") from None
+        raise FewtuneError(
+            f"{model}: cannot create the lock file {file} ({exc.strerror}); save to a folder you can write"
+        ) from None
     try:
         _acquire(fd, model, file, lock_timeout() if timeout is None else timeout, on_wait)
         os.ftruncate(fd, 0)
@@ -97,7 +99,9 @@ def model_lock(
         os.close(fd)
 
 
-def _acquire(fd: int, model: str | Path, file: Path, timeout: float, on_wait: Callable[[str], None] | None) -> None:
+def _acquire(
+    fd: int, model: str | Path, file: Path, timeout: float, on_wait: Callable[[str], None] | None
+) -> None:
     deadline, told = time.monotonic() + timeout, False
     while True:
         try:

@@ -36,13 +36,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from fewtune.storage import atomic as swap
 from fewtune._version import __version__
+from fewtune.errors import FewtuneError
 from fewtune.features.backbones import REGISTRY, Backbone, create_backbone, state_sha256
 from fewtune.model.classifier import Classifier
 from fewtune.model.head import Embeddings, Head
 from fewtune.model.openset import OpenSet
-from fewtune.errors import FewtuneError
+from fewtune.storage import atomic as swap
 from fewtune.storage.locks import model_lock
 from fewtune.storage.schema import FORMAT_VERSION, check_tensors, validate_config
 from fewtune.strategies import STRATEGIES, Strategy, create_strategy
@@ -61,16 +61,27 @@ class _Raced(Exception):
 def save(classifier: Classifier, path: str | Path) -> Path:
     """Write ``classifier`` to ``path`` under its lock; see the module docstring for the steps."""
     path = Path(path)
-    config = validate_config(json.loads(json.dumps(classifier.config())), f"{path}/config.json")  # never write what can't be read
+    config = validate_config(
+        json.loads(json.dumps(classifier.config())), f"{path}/config.json"
+    )  # never write what can't be read
     with model_lock(path):
         try:
             swap.restore_retired(path)
-            if path.is_symlink() or path.is_file() or (path.is_dir() and not (path / "config.json").is_file() and any(path.iterdir())):
-                raise FewtuneError(f"{path}: exists and is not a fewtune classifier; choose another output path")
+            if (
+                path.is_symlink()
+                or path.is_file()
+                or (path.is_dir() and not (path / "config.json").is_file() and any(path.iterdir()))
+            ):
+                raise FewtuneError(
+                    f"{path}: exists and is not a fewtune classifier; choose another output path"
+                )
             swap.remove_leftovers(path)
             _write(classifier, config, path)
         except OSError as exc:
-            raise FewtuneError(f"{path}: cannot save the classifier ({exc.strerror or exc}); choose a folder you can write, with free space") from None
+            raise FewtuneError(
+                f"{path}: cannot save the classifier ({exc.strerror or exc}); choose a folder you can "
+                "write, with free space"
+            ) from None
     return path
 
 
@@ -88,9 +99,13 @@ def _write(classifier: Classifier, config: dict[str, Any], path: Path) -> None:
     os.mkdir(staging, 0o777)  # the umask applies, as to the files below
     try:
         for name, state in tensors.items():
-            save_file({k: v.contiguous() for k, v in state.items()}, staging / name, metadata={"save_id": save_id})
+            save_file(
+                {k: v.contiguous() for k, v in state.items()}, staging / name, metadata={"save_id": save_id}
+            )
             _checkpoint(f"wrote {name}")
-        (staging / "config.json").write_text(json.dumps({**config, "save_id": save_id}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (staging / "config.json").write_text(
+            json.dumps({**config, "save_id": save_id}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         swap.keep_modes(path, staging)
         for file in staging.iterdir():
             swap.fsync(file)
@@ -117,19 +132,27 @@ def read_config(path: str | Path) -> dict[str, Any]:
             break
         except (FileNotFoundError, NotADirectoryError):  # none, or a fallback save moved it as we looked
             if attempt == 4:
-                raise FewtuneError(f"{path}: not a fewtune classifier (no config.json); create one with `fewtune train DATA -o {path}`") from None
+                raise FewtuneError(
+                    f"{path}: not a fewtune classifier (no config.json); create one with `fewtune train "
+                    f"DATA -o {path}`"
+                ) from None
             time.sleep(0.01 * (attempt + 1))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise FewtuneError(f"{path / 'config.json'}: unreadable ({exc}); the classifier is damaged, train it again") from None
+            raise FewtuneError(
+                f"{path / 'config.json'}: unreadable ({exc}); the classifier is damaged, train it again"
+            ) from None
     config = validate_config(config, f"{path}/config.json")
     if config["format_version"] > FORMAT_VERSION:
         raise FewtuneError(
-            f"{path}: saved by fewtune {config.get('fewtune_version', '?')} in format {config['format_version']}, newer than this "
+            f"{path}: saved by fewtune {config.get('fewtune_version', '?')} in format "
+            f"{config['format_version']}, newer than this "
             f"fewtune {__version__} reads (format {FORMAT_VERSION}); upgrade with `pip install -U fewtune`"
         )
     save_id = config.get("save_id")
     if save_id is not None and not isinstance(save_id, str):
-        raise FewtuneError(f"{path}/config.json: save_id: expected a string; the classifier is damaged, train it again")
+        raise FewtuneError(
+            f"{path}/config.json: save_id: expected a string; the classifier is damaged, train it again"
+        )
     _strategy(path, config)
     return config
 
@@ -145,7 +168,9 @@ def load(path: str | Path, backbone: Backbone | None = None) -> Classifier:
             return _load_once(Path(path), backbone)
         except _Raced:
             continue
-    raise FewtuneError(f"{path}: saved again while being read, five times over; retry when it is not being updated")
+    raise FewtuneError(
+        f"{path}: saved again while being read, five times over; retry when it is not being updated"
+    )
 
 
 def resolve(path: Path) -> Path:
@@ -165,27 +190,44 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         backbone = create_backbone(saved["name"], None if packaged else saved["weights_source"])
     if backbone.weights_sha256 != saved["weights_sha256"]:
         raise FewtuneError(
-            f"{path}: trained with {saved['name']} weights {saved['weights_sha256'][:12]}… but this machine has "
-            f"{backbone.weights_sha256[:12]}… ({backbone.weights_source}); install the same weights or retrain"
+            f"{path}: trained with {saved['name']} weights {saved['weights_sha256'][:12]}… but this machine "
+            "has "
+            f"{backbone.weights_sha256[:12]}… ({backbone.weights_source}); install the same weights or "
+            "retrain"
         )
     if backbone.dim != saved["embedding_dim"]:
-        raise FewtuneError(f"{path}/config.json: backbone.embedding_dim is {saved['embedding_dim']} but {saved['name']} gives {backbone.dim}; train the classifier again")
+        raise FewtuneError(
+            f"{path}/config.json: backbone.embedding_dim is {saved['embedding_dim']} but {saved['name']} "
+            f"gives {backbone.dim}; train the classifier again"
+        )
     pretrained = None
     if saved.get("tuned_sha256"):
         pretrained = replace(backbone, preprocessing=copy.deepcopy(config["preprocessing"]))
         backbone = _load_tuned_body(path, folder, save_id, backbone, saved["tuned_sha256"])
-    backbone = replace(backbone, preprocessing=copy.deepcopy(config["preprocessing"]))  # as trained, not today's default
+    backbone = replace(
+        backbone, preprocessing=copy.deepcopy(config["preprocessing"])
+    )  # as trained, not today's default
     strategy = _strategy(path, config)
     state = _tensors(path, folder / "strategy.safetensors", save_id)
     support = _tensors(path, folder / "support.safetensors", save_id)
     if set(support) - {"pretrained_features"} != {"features", "labels"}:
-        raise FewtuneError(f"{path}/support.safetensors: expected the tensors features and labels, got {', '.join(support) or 'none'}; train the classifier again")
+        raise FewtuneError(
+            f"{path}/support.safetensors: expected the tensors features and labels, got "
+            f"{', '.join(support) or 'none'}; train the classifier again"
+        )
     features, labels = support["features"].float(), support["labels"].long()
     check_tensors(config, support["features"], support["labels"], state)
     pretrained_support = support.get("pretrained_features")
     if pretrained_support is not None:
-        if pretrained is None or pretrained_support.shape != support["features"].shape or not bool(torch.isfinite(pretrained_support).all()):
-            raise FewtuneError(f"{path}/support.safetensors: pretrained_features {tuple(pretrained_support.shape)} do not match the support features; train the classifier again")
+        if (
+            pretrained is None
+            or pretrained_support.shape != support["features"].shape
+            or not bool(torch.isfinite(pretrained_support).all())
+        ):
+            raise FewtuneError(
+                f"{path}/support.safetensors: pretrained_features {tuple(pretrained_support.shape)} do not "
+                "match the support features; train the classifier again"
+            )
         pretrained_support = pretrained_support.float()
     else:
         pretrained = None  # saved before novelty moved to pretrained embeddings: measured on the tuned ones
@@ -193,9 +235,15 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         strategy.load_state_dict(state)
         probe = strategy.logits(features[:1])
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
-        raise FewtuneError(f"{path}/strategy.safetensors: does not fit the {config['strategy']['name']} strategy ({type(exc).__name__}); train the classifier again") from None
+        raise FewtuneError(
+            f"{path}/strategy.safetensors: does not fit the {config['strategy']['name']} strategy "
+            f"({type(exc).__name__}); train the classifier again"
+        ) from None
     if tuple(probe.shape) != (1, len(config["classes"])):
-        raise FewtuneError(f"{path}/strategy.safetensors: scores {probe.shape[-1]} classes but config.json names {len(config['classes'])}; train the classifier again")
+        raise FewtuneError(
+            f"{path}/strategy.safetensors: scores {probe.shape[-1]} classes but config.json names "
+            f"{len(config['classes'])}; train the classifier again"
+        )
     head = Head(
         strategy=strategy,
         classes=list(config["classes"]),
@@ -206,7 +254,9 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
         calibration=config["calibration"],
         fit_report=config["strategy"].get("fit") or {},
     )
-    return Classifier(backbone=backbone, head=head, pretrained=pretrained, training=config.get("training") or {})
+    return Classifier(
+        backbone=backbone, head=head, pretrained=pretrained, training=config.get("training") or {}
+    )
 
 
 def _strategy(path: Path, config: dict[str, Any]) -> Strategy:
@@ -217,8 +267,17 @@ def _strategy(path: Path, config: dict[str, Any]) -> Strategy:
     except FewtuneError as exc:
         key = "strategy.hyperparameters" if name in STRATEGIES else "strategy.name"
         raise FewtuneError(f"{path}/config.json: {key}: {exc}; train the classifier again") from None
-    except (KeyError, AttributeError, IndexError, OverflowError, RecursionError) as exc:  # a config can hold any JSON
-        raise FewtuneError(f"{path}/config.json: strategy.hyperparameters: not valid for {name!r} ({type(exc).__name__}: {exc}); train the classifier again") from None
+    except (
+        KeyError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+    ) as exc:  # a config can hold any JSON
+        raise FewtuneError(
+            f"{path}/config.json: strategy.hyperparameters: not valid for {name!r} ({type(exc).__name__}: "
+            f"{exc}); train the classifier again"
+        ) from None
 
 
 def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Tensor]:
@@ -228,12 +287,17 @@ def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Ten
             if save_id is not None and (opened.metadata() or {}).get("save_id") != save_id:
                 if _save_id_now(path) != save_id:
                     raise _Raced
-                raise FewtuneError(f"{path}/{file.name}: belongs to another save than config.json (files mixed by hand); train the classifier again")
+                raise FewtuneError(
+                    f"{path}/{file.name}: belongs to another save than config.json (files mixed by hand); "
+                    "train the classifier again"
+                )
             return {key: opened.get_tensor(key) for key in opened.keys()}
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
         if save_id is not None and _save_id_now(path) != save_id:
             raise _Raced from None
-        raise FewtuneError(f"{path}/{file.name}: missing or damaged tensor file ({exc}); train the classifier again") from None
+        raise FewtuneError(
+            f"{path}/{file.name}: missing or damaged tensor file ({exc}); train the classifier again"
+        ) from None
 
 
 def _save_id_now(path: Path) -> str | None:
@@ -243,16 +307,25 @@ def _save_id_now(path: Path) -> str | None:
         return None
 
 
-def _load_tuned_body(path: Path, folder: Path, save_id: str | None, backbone: Backbone, expected: str) -> Backbone:
+def _load_tuned_body(
+    path: Path, folder: Path, save_id: str | None, backbone: Backbone, expected: str
+) -> Backbone:
     """A copy of ``backbone`` with the fine-tuned parameters of ``body.safetensors``, checked by hash."""
     state = _tensors(path, folder / "body.safetensors", save_id)
     if state_sha256(state) != expected:
-        raise FewtuneError(f"{path}/body.safetensors: does not match the hash in config.json (damaged or replaced); train the classifier again")
+        raise FewtuneError(
+            f"{path}/body.safetensors: does not match the hash in config.json (damaged or replaced); train "
+            "the classifier again"
+        )
     tuned = copy.deepcopy(backbone)
     try:
         tuned.model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise FewtuneError(f"{path}/body.safetensors: does not fit {backbone.timm_name}; train the classifier again") from None
+        raise FewtuneError(
+            f"{path}/body.safetensors: does not fit {backbone.timm_name}; train the classifier again"
+        ) from None
     if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
-        raise FewtuneError(f"{path}/body.safetensors: holds NaN or infinite weights; train the classifier again")
+        raise FewtuneError(
+            f"{path}/body.safetensors: holds NaN or infinite weights; train the classifier again"
+        )
     return replace(tuned, tuned_sha256=expected)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -29,7 +29,13 @@ MAX_NAME = 1_000
 PREPROCESSING = {"input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode"}
 INTERPOLATIONS = {"nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"}
 CROP_MODES = {"center", "squash", "border"}
-DESCRIPTIVE = ("strategy.fit", "strategy.hyperparameters.tuning", "calibration.", "open_set.calibration", "training")
+DESCRIPTIVE = (
+    "strategy.fit",
+    "strategy.hyperparameters.tuning",
+    "calibration.",
+    "open_set.calibration",
+    "training",
+)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -57,7 +63,9 @@ def validate_config(config: Any, where: str = "config.json") -> dict[str, Any]:
         config = _finite(config, "")
         _check(config)
     except _Bad as exc:
-        raise FewtuneError(f"{where}: {exc}; the classifier is damaged or was edited by hand, train it again") from None
+        raise FewtuneError(
+            f"{where}: {exc}; the classifier is damaged or was edited by hand, train it again"
+        ) from None
     return config
 
 
@@ -68,7 +76,9 @@ def _check(config: dict[str, Any]) -> None:
         raise _Bad("classes", f"expected 1 to {MAX_CLASSES:,} class names, got {len(classes)}")
     for i, name in enumerate(classes):
         if not isinstance(name, str) or not name or name != name.strip() or len(name) > MAX_NAME:
-            raise _Bad(f"classes[{i}]", f"expected a non-empty name without surrounding spaces, got {name!r:.80}")
+            raise _Bad(
+                f"classes[{i}]", f"expected a non-empty name without surrounding spaces, got {name!r:.80}"
+            )
     if len(set(classes)) != len(classes):
         raise _Bad("classes", "names are not distinct")
 
@@ -77,24 +87,44 @@ def _check(config: dict[str, Any]) -> None:
         _text(backbone, key, f"backbone.{key}")
     for key in ("weights_sha256", "tuned_sha256"):  # tuned_sha256: format 2, null unless fine-tuned
         value = backbone.get(key)
-        if not (value is None and key == "tuned_sha256") and not (isinstance(value, str) and SHA256.fullmatch(value)):
+        if not (value is None and key == "tuned_sha256") and not (
+            isinstance(value, str) and SHA256.fullmatch(value)
+        ):
             raise _Bad(f"backbone.{key}", f"expected a sha256 of 64 hex digits, got {value!r:.80}")
     _number(backbone, "embedding_dim", "backbone.embedding_dim", 1, 65_536, whole=True)
 
     pre = _kind(config, "preprocessing", dict)
     if unknown := sorted(set(pre) - PREPROCESSING):
-        raise _Bad(f"preprocessing.{_name(unknown[0])}", f"unknown setting; expected only {', '.join(sorted(PREPROCESSING))}")
+        raise _Bad(
+            f"preprocessing.{_name(unknown[0])}",
+            f"unknown setting; expected only {', '.join(sorted(PREPROCESSING))}",
+        )
     size = pre.get("input_size")
-    if not (isinstance(size, list) and len(size) == 3 and size[0] == 3 and all(type(s) is int and SIDE[0] <= s <= SIDE[1] for s in size[1:])):
-        raise _Bad("preprocessing.input_size", f"expected [3, height, width] with sides {SIDE[0]}-{SIDE[1]}, got {size!r:.80}")
+    if not (
+        isinstance(size, list)
+        and len(size) == 3
+        and size[0] == 3
+        and all(type(s) is int and SIDE[0] <= s <= SIDE[1] for s in size[1:])
+    ):
+        raise _Bad(
+            "preprocessing.input_size",
+            f"expected [3, height, width] with sides {SIDE[0]}-{SIDE[1]}, got {size!r:.80}",
+        )
     if not isinstance(pre.get("interpolation"), str) or pre["interpolation"] not in INTERPOLATIONS:
         raise _Bad("preprocessing.interpolation", f"expected one of {', '.join(sorted(INTERPOLATIONS))}")
-    if not isinstance(pre.get("crop_mode", "center"), str) or pre.get("crop_mode", "center") not in CROP_MODES:
+    if (
+        not isinstance(pre.get("crop_mode", "center"), str)
+        or pre.get("crop_mode", "center") not in CROP_MODES
+    ):
         raise _Bad("preprocessing.crop_mode", f"expected one of {', '.join(sorted(CROP_MODES))}")
     _number(pre, "crop_pct", "preprocessing.crop_pct", 0.05, 1.0)
     for key, low in (("mean", -10.0), ("std", 1e-6)):
         values = pre.get(key)
-        if not (isinstance(values, list) and len(values) == 3 and all(_is_number(v) and low <= v <= 10 for v in values)):
+        if not (
+            isinstance(values, list)
+            and len(values) == 3
+            and all(_is_number(v) and low <= v <= 10 for v in values)
+        ):
             raise _Bad(f"preprocessing.{key}", f"expected 3 numbers in [{low:g}, 10], got {values!r:.80}")
 
     strategy = _kind(config, "strategy", dict)
@@ -107,7 +137,11 @@ def _check(config: dict[str, Any]) -> None:
 
     open_set = _kind(config, "open_set", dict)
     if set(open_set) != {"enabled", "threshold", "unknown_label", "calibration"}:
-        raise _Bad("open_set", f"expected the keys enabled, threshold, unknown_label, calibration; got {', '.join(map(str, open_set))}")
+        raise _Bad(
+            "open_set",
+            "expected the keys enabled, threshold, unknown_label, calibration; got "
+            f"{', '.join(map(str, open_set))}",
+        )
     _kind(open_set, "enabled", bool, "open_set.enabled")
     threshold = open_set["threshold"]
     if not _is_number(threshold) or threshold < 0:
@@ -124,7 +158,9 @@ def _check(config: dict[str, Any]) -> None:
             raise _Bad(f"training.per_class.{name}", f"expected a count >= 0, got {count!r:.80}")
 
 
-def check_tensors(config: dict[str, Any], features: torch.Tensor, labels: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+def check_tensors(
+    config: dict[str, Any], features: torch.Tensor, labels: torch.Tensor, state: dict[str, torch.Tensor]
+) -> None:
     """The tensor files agree with the config: one row of support per label, labels within the
     classes, every class present, every value finite.
 
@@ -132,21 +168,45 @@ def check_tensors(config: dict[str, Any], features: torch.Tensor, labels: torch.
         FewtuneError: naming the file and the disagreement.
     """
     classes, dim = len(config["classes"]), config["backbone"]["embedding_dim"]
-    if features.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64) or features.ndim != 2 or features.shape[1] != dim:
-        raise FewtuneError(f"support.safetensors: features are {features.dtype} {tuple(features.shape)}, expected (n, {dim}) floats; train the classifier again")
-    if labels.dtype not in (torch.int64, torch.int32) or labels.shape != (len(features),):
-        raise FewtuneError(f"support.safetensors: labels are {labels.dtype} {tuple(labels.shape)}, expected ({len(features)},) integers; train the classifier again")
-    if len(labels) == 0 or int(labels.min()) < 0 or int(labels.max()) >= classes or len(torch.unique(labels)) != classes:
+    if (
+        features.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+        or features.ndim != 2
+        or features.shape[1] != dim
+    ):
         raise FewtuneError(
-            f"support.safetensors: labels do not match the {classes} classes of config.json (each needs an example, "
+            f"support.safetensors: features are {features.dtype} {tuple(features.shape)}, expected (n, "
+            f"{dim}) floats; train the classifier again"
+        )
+    if labels.dtype not in (torch.int64, torch.int32) or labels.shape != (len(features),):
+        raise FewtuneError(
+            f"support.safetensors: labels are {labels.dtype} {tuple(labels.shape)}, expected "
+            f"({len(features)},) integers; train the classifier again"
+        )
+    if (
+        len(labels) == 0
+        or int(labels.min()) < 0
+        or int(labels.max()) >= classes
+        or len(torch.unique(labels)) != classes
+    ):
+        raise FewtuneError(
+            f"support.safetensors: labels do not match the {classes} classes of config.json (each needs an "
+            "example, "
             f"indices 0-{classes - 1}); the classifier is damaged, train it again"
         )
     for key, tensor in state.items():  # every strategy keeps vectors and (rows, dim) matrices
         if tensor.ndim not in (1, 2) or (tensor.ndim == 2 and tensor.shape[1] != dim):
-            raise FewtuneError(f"strategy.safetensors: {key} is {tuple(tensor.shape)}, expected a vector or (rows, {dim}); train the classifier again")
-    for name, tensor in [("support.safetensors features", features), *((f"strategy.safetensors {k}", v) for k, v in state.items())]:
+            raise FewtuneError(
+                f"strategy.safetensors: {key} is {tuple(tensor.shape)}, expected a vector or (rows, {dim}); "
+                "train the classifier again"
+            )
+    for name, tensor in [
+        ("support.safetensors features", features),
+        *((f"strategy.safetensors {k}", v) for k, v in state.items()),
+    ]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise FewtuneError(f"{name}: holds NaN or infinite values; the classifier is damaged, train it again")
+            raise FewtuneError(
+                f"{name}: holds NaN or infinite values; the classifier is damaged, train it again"
+            )
 
 
 def _finite(value: Any, key: str) -> Any:
@@ -164,12 +224,17 @@ def _finite(value: Any, key: str) -> Any:
     return value
 
 
-def _kind(parent: dict[str, Any], key: str, kind: type, name: str | None = None, optional: bool = False) -> Any:
+def _kind(
+    parent: dict[str, Any], key: str, kind: type, name: str | None = None, optional: bool = False
+) -> Any:
     value = parent.get(key)
     if value is None and optional:
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _Bad(name or key, f"expected {'a JSON ' + _JSON[kind] if kind in _JSON else kind.__name__}, got {_describe(value)}")
+        raise _Bad(
+            name or key,
+            f"expected {'a JSON ' + _JSON[kind] if kind in _JSON else kind.__name__}, got {_describe(value)}",
+        )
     return value
 
 
@@ -180,14 +245,19 @@ def _text(parent: dict[str, Any], key: str, name: str) -> str:
     return value
 
 
-def _number(parent: dict[str, Any], key: str, name: str, low: float, high: float, whole: bool = False) -> float:
+def _number(
+    parent: dict[str, Any], key: str, name: str, low: float, high: float, whole: bool = False
+) -> float:
     value = parent.get(key)
     if not _is_number(value) or (whole and type(value) is not int) or not low <= value <= high:
-        raise _Bad(name, f"expected a {'whole ' if whole else ''}number in [{low:g}, {high:g}], got {_describe(value)}")
+        raise _Bad(
+            name,
+            f"expected a {'whole ' if whole else ''}number in [{low:g}, {high:g}], got {_describe(value)}",
+        )
     return value
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
