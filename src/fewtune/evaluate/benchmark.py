@@ -12,17 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
-from fewtune.storage import atomic
-from fewtune.features.backbones import Backbone
-from fewtune.data.dataset import Dataset
-from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.data.dataset import Dataset, load_dataset
+from fewtune.data.leakage import Fingerprints, duplicates, fingerprint
 from fewtune.errors import FewtuneError
+from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.features.backbones import Backbone, create_backbone
 from fewtune.features.embedding import embed_files
-from fewtune.data.leakage import Fingerprints, duplicates
+from fewtune.progress import ProgressBar
+from fewtune.storage import atomic
 from fewtune.strategies import Strategy, create_strategy
 
 EPISODES_FORMAT = "fewtune-episodes"
@@ -39,7 +40,9 @@ class Setting:
     episodes: list[Episode]
 
 
-def sample_settings(dataset: Dataset, ways: list[int], shots: list[int], queries: int, episodes: int, seed: int) -> list[Setting]:
+def sample_settings(
+    dataset: Dataset, ways: list[int], shots: list[int], queries: int, episodes: int, seed: int
+) -> list[Setting]:
     """Seeded episodes for every (way, shot) pair."""
     settings = []
     for way in ways:
@@ -65,6 +68,19 @@ def build_strategy(spec: str) -> Strategy:
     return create_strategy(name, **hyperparameters)
 
 
+class Tunes(Protocol):
+    """What a strategy that learns from the images (``needs_images``) adds: fine-tuning the backbone."""
+
+    def tune(
+        self,
+        backbone: Backbone,
+        paths: list[Path],
+        labels: torch.Tensor,
+        features: torch.Tensor,
+        num_classes: int,
+    ) -> Backbone: ...
+
+
 @dataclass(frozen=True)
 class Images:
     """What strategies that learn from the images themselves (``finetune``) need: the backbone
@@ -75,7 +91,12 @@ class Images:
 
 
 def fit_on(
-    strategy: Strategy, features: torch.Tensor, support: list[int], labels: torch.Tensor, num_classes: int, images: Images | None
+    strategy: Strategy,
+    features: torch.Tensor,
+    support: list[int],
+    labels: torch.Tensor,
+    num_classes: int,
+    images: Images | None,
 ) -> Callable[[list[int]], torch.Tensor]:
     """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``; returns
     how to get the features of other items: re-embedded when the strategy fine-tuned the backbone."""
@@ -83,7 +104,12 @@ def fit_on(
 
 
 def fit_with_backbone(
-    strategy: Strategy, features: torch.Tensor, support: list[int], labels: torch.Tensor, num_classes: int, images: Images | None
+    strategy: Strategy,
+    features: torch.Tensor,
+    support: list[int],
+    labels: torch.Tensor,
+    num_classes: int,
+    images: Images | None,
 ) -> tuple[Callable[[list[int]], torch.Tensor], Backbone | None]:
     """:func:`fit_on`, also returning the backbone a new image goes through (the tuned one after
     fine-tuning; ``images.backbone`` otherwise): what `compare` times predictions with."""
@@ -92,9 +118,11 @@ def fit_with_backbone(
     backbone = images.backbone if images is not None else None
     if strategy.needs_images:
         if images is None:
-            raise FewtuneError(f"strategy {strategy.name!r} learns from the images: benchmark it from a dataset folder")
+            raise FewtuneError(
+                f"strategy {strategy.name!r} learns from the images: benchmark it from a dataset folder"
+            )
         paths = [images.paths[i] for i in support]
-        tuned = strategy.tune(images.backbone, paths, labels, support_features, num_classes)
+        tuned = cast(Tunes, strategy).tune(images.backbone, paths, labels, support_features, num_classes)
         if tuned is not images.backbone:  # tuned features belong to this fit alone: not worth caching
             support_features = embed_files(tuned, paths, cache=False).features
             embed = lambda items: embed_files(tuned, [images.paths[i] for i in items], cache=False).features  # noqa: E731
@@ -103,7 +131,9 @@ def fit_with_backbone(
     return embed, backbone
 
 
-def episode_accuracy(spec: str, features: torch.Tensor, labels: list[int], episode: Episode, images: Images | None = None) -> float:
+def episode_accuracy(
+    spec: str, features: torch.Tensor, labels: list[int], episode: Episode, images: Images | None = None
+) -> float:
     """Fit a fresh strategy on the episode's support set and score it on its query set."""
     support, query = (torch.tensor(y) for y in episode.local_labels(labels))
     strategy = build_strategy(spec)
@@ -175,7 +205,11 @@ def guard_leakage(settings: list[Setting], prints: Fingerprints, dedupe: bool) -
         for e in s.episodes:
             leaked = {j for _, j in duplicates(prints, e.support, e.query)}
             found += len(leaked)
-            episodes.append(Episode(e.classes, e.support, [q for q in e.query if q not in leaked]) if dedupe and leaked else e)
+            episodes.append(
+                Episode(e.classes, e.support, [q for q in e.query if q not in leaked])
+                if dedupe and leaked
+                else e
+            )
         cleaned.append(Setting(s.way, s.shot, s.queries, s.seed, episodes))
     return cleaned, found
 
@@ -193,13 +227,19 @@ def save_episodes(path: Path, dataset: Dataset, settings: list[Setting]) -> None
         "data": str(dataset.source),
         "settings": [
             {
-                "way": s.way, "shot": s.shot, "queries": s.queries, "seed": s.seed,
+                "way": s.way,
+                "shot": s.shot,
+                "queries": s.queries,
+                "seed": s.seed,
                 "episodes": [
-                    {"classes": [dataset.classes[c] for c in e.classes],
-                     "support": [name(i) for i in e.support], "query": [name(i) for i in e.query]}
+                    {
+                        "classes": [dataset.classes[c] for c in e.classes],
+                        "support": [name(i) for i in e.support],
+                        "query": [name(i) for i in e.query],
+                    }
                     for e in s.episodes
                 ],
-            }  # fmt: skip
+            }
             for s in settings
         ],
     }
@@ -213,7 +253,9 @@ def load_episodes(path: Path, dataset: Dataset) -> list[Setting]:
         if data.get("format") != EPISODES_FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, expected {EPISODES_FORMAT!r}")
     except (OSError, ValueError, AttributeError) as exc:
-        raise FewtuneError(f"{path}: not a fewtune episodes file ({exc}); write one with `fewtune benchmark --save-episodes`") from None
+        raise FewtuneError(
+            f"{path}: not a fewtune episodes file ({exc}); write one with `fewtune benchmark --save-episodes`"
+        ) from None
     index = {}
     for i, p in enumerate(dataset.paths):
         index[str(p)] = i
@@ -223,7 +265,9 @@ def load_episodes(path: Path, dataset: Dataset) -> list[Setting]:
 
     def lookup(item: str) -> int:
         if item not in index:
-            raise FewtuneError(f"{path}: episode image {item!r} is not in {dataset.source}; use the same data folder")
+            raise FewtuneError(
+                f"{path}: episode image {item!r} is not in {dataset.source}; use the same data folder"
+            )
         return index[item]
 
     settings = []
@@ -232,7 +276,73 @@ def load_episodes(path: Path, dataset: Dataset) -> list[Setting]:
         for e in s["episodes"]:
             unknown = [c for c in e["classes"] if c not in classes]
             if unknown:
-                raise FewtuneError(f"{path}: episode class {unknown[0]!r} is not in {dataset.source}; use the same data folder")
-            episodes.append(Episode([classes[c] for c in e["classes"]], [lookup(p) for p in e["support"]], [lookup(p) for p in e["query"]]))
-        settings.append(Setting(int(s["way"]), int(s["shot"]), int(s["queries"]), int(s.get("seed", 0)), episodes))
+                raise FewtuneError(
+                    f"{path}: episode class {unknown[0]!r} is not in {dataset.source}; "
+                    "use the same data folder"
+                )
+            episodes.append(
+                Episode(
+                    [classes[c] for c in e["classes"]],
+                    [lookup(p) for p in e["support"]],
+                    [lookup(p) for p in e["query"]],
+                )
+            )
+        settings.append(
+            Setting(int(s["way"]), int(s["shot"]), int(s["queries"]), int(s.get("seed", 0)), episodes)
+        )
     return settings
+
+
+def prepare_episodes(
+    data: Path,
+    specs: list[str],
+    *,
+    ways: list[int] | None = None,
+    shots: list[int] | None = None,
+    queries: int = 15,
+    episodes: int = 600,
+    seed: int = 0,
+    load_from: Path | None = None,
+    dedupe: bool = False,
+) -> tuple[Dataset, list[Setting], int]:
+    """What `fewtune benchmark` runs on: the dataset at ``data`` and its episodes, read from
+    ``load_from`` or sampled for every (way, shot) pair, with the number of query images that
+    duplicate a support image of their episode (left out with ``dedupe``).
+
+    Every spec is checked first, so a bad strategy name fails before minutes of embedding.
+    """
+    for spec in specs:
+        build_strategy(spec)
+    dataset = load_dataset(data)
+    if load_from is not None:
+        settings = load_episodes(load_from, dataset)
+    else:
+        settings = sample_settings(dataset, ways or [], shots or [], queries, episodes, seed)
+    settings, leaked = guard_leakage(settings, fingerprint(dataset.paths), dedupe)
+    return dataset, settings, leaked
+
+
+def run_benchmark(
+    dataset: Dataset,
+    settings: list[Setting],
+    specs: list[str],
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: Path | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Embed the dataset once, then run every strategy on every setting's episodes (see
+    :func:`run_setting`). Returns the rows and whether Ctrl-C stopped it (the rows then hold what
+    was measured, the last possibly partial)."""
+    encoder = create_backbone(backbone, weights)
+    features = embed_files(encoder, dataset.paths, progress=progress)  # a bad image stops here, named
+    images = Images(encoder, dataset.paths)
+    rows: list[dict[str, Any]] = []
+    total = sum(len(s.episodes) for s in settings) * len(specs)
+    with ProgressBar("episodes", total, enabled=progress) as advance:
+        try:
+            for setting in settings:
+                rows += run_setting(specs, features.features, dataset.labels, setting, advance, images)
+        except Interrupted as stop:
+            return rows + stop.rows, True
+    return rows, False

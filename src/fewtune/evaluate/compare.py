@@ -18,17 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewtune.storage import atomic
-from fewtune.features.backbones import Backbone
-from fewtune.evaluate.benchmark import Images, fit_with_backbone
-from fewtune.data.dataset import Dataset
-from fewtune.evaluate.episodes import mean_ci95
-from fewtune.errors import FewtuneError
-from fewtune.features.embedding import embed_files
+from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.data.images import load as load_image
 from fewtune.data.leakage import duplicates, fingerprint
-from fewtune.strategies import Strategy, create_strategy
+from fewtune.errors import FewtuneError
+from fewtune.evaluate.benchmark import Images, fit_with_backbone
+from fewtune.evaluate.episodes import mean_ci95
 from fewtune.evaluate.thumbnails import jpeg_data_uri
+from fewtune.features.backbones import Backbone, create_backbone
+from fewtune.features.embedding import embed_files
+from fewtune.progress import ProgressBar
+from fewtune.storage import atomic
+from fewtune.strategies import Strategy, create_strategy
 
 
 @dataclass
@@ -49,14 +50,19 @@ class Comparison:
     classes: list[str]
     recommendation: str
     skipped_shots: list[int] = field(default_factory=list)
-    leaks: list[tuple[str, str]] = field(default_factory=list)  #: (test image, training-pool image) duplicates
+    #: (test image, training-pool image) duplicates
+    leaks: list[tuple[str, str]] = field(default_factory=list)
     deduped: bool = False
     interrupted: bool = False  #: Ctrl-C stopped the measurements; the points are what was measured
-    mistakes: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # strategy -> (path, truth, predicted)
+    #: strategy -> (path, truth, predicted)
+    mistakes: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
-def holdout_split(labels: list[int], test_fraction: float, seed: int) -> tuple[dict[int, list[int]], list[int]]:
-    """Per class, a fixed ``test_fraction`` (at least one image) held out; the rest is the pool to train from."""
+def holdout_split(
+    labels: list[int], test_fraction: float, seed: int
+) -> tuple[dict[int, list[int]], list[int]]:
+    """Per class, a fixed ``test_fraction`` (at least one image) held out; the rest is the pool to
+    train from."""
     rng = np.random.default_rng(seed)
     pool: dict[int, list[int]] = {}
     test: list[int] = []
@@ -117,16 +123,24 @@ def compare(
                 for name in strategies:
                     strategy = create_strategy(name)
                     started = time.perf_counter()
-                    embed, used = fit_with_backbone(strategy, features, train, labels[train], len(dataset.classes), images)
+                    embed, used = fit_with_backbone(
+                        strategy, features, train, labels[train], len(dataset.classes), images
+                    )
                     times.setdefault((name, k), []).append(time.perf_counter() - started)
                     predicted = strategy.logits(embed(test)).argmax(1)
                     if draw == 0:
-                        latency[(name, k)] = _predict_ms(used or backbone, strategy, [dataset.paths[i] for i in test[:4]])
+                        latency[(name, k)] = _predict_ms(
+                            used or backbone, strategy, [dataset.paths[i] for i in test[:4]]
+                        )
                     right = predicted == labels[test]
                     scores.setdefault((name, k), []).append(float(right.float().mean()))
                     if k == usable[-1] and draw == 0:
                         mistakes[name] = [
-                            (str(dataset.paths[test[j]]), dataset.classes[int(labels[test[j]])], dataset.classes[int(predicted[j])])
+                            (
+                                str(dataset.paths[test[j]]),
+                                dataset.classes[int(labels[test[j]])],
+                                dataset.classes[int(predicted[j])],
+                            )
                             for j in (~right).nonzero().flatten().tolist()
                         ]
                 if advance:
@@ -139,8 +153,9 @@ def compare(
             if (name, k) not in scores:
                 continue
             mean, ci = mean_ci95(scores[(name, k)])
+            seconds = round(float(np.mean(times[(name, k)])), 4)
             points.append(CurvePoint(
-                name, k, round(100 * mean, 2), round(100 * ci, 2), len(scores[(name, k)]), round(float(np.mean(times[(name, k)])), 4),
+                name, k, round(100 * mean, 2), round(100 * ci, 2), len(scores[(name, k)]), seconds,
                 round(latency[(name, k)], 2),
             ))  # fmt: skip
     skipped = [k for k in shots if k not in usable]
@@ -148,6 +163,30 @@ def compare(
         points, len(test), list(dataset.classes), recommend(points),
         skipped_shots=skipped, leaks=leaks, deduped=dedupe, mistakes=mistakes, interrupted=interrupted,
     )  # fmt: skip
+
+
+def compare_data(
+    data: Path,
+    shots: list[int],
+    strategies: list[str],
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: Path | None = None,
+    draws: int = 5,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    dedupe: bool = False,
+    progress: bool = False,
+) -> Comparison:
+    """:func:`compare` on the labelled images at ``data`` (a folder of class folders or a CSV),
+    embedded by the named ``backbone``; with ``progress``, a bar counts the draws."""
+    dataset = load_dataset(data)
+    encoder = create_backbone(backbone, weights)
+    with ProgressBar("draws", len(shots) * draws, enabled=progress) as advance:
+        return compare(
+            dataset, encoder, shots, strategies, draws=draws, test_fraction=test_fraction, seed=seed,
+            dedupe=dedupe, progress=progress, advance=advance,
+        )  # fmt: skip
 
 
 def _predict_ms(backbone: Backbone, strategy: Strategy, paths: list[Path]) -> float:
@@ -177,14 +216,24 @@ def recommend(points: list[CurvePoint]) -> str:
     close = [p for p in at_k if best.mean - p.mean <= max(best.ci95, p.ci95)]
     cheapest = min(close, key=lambda p: p.train_seconds)
     if cheapest.strategy == best.strategy:
-        return f"with {k} examples per class on this data, `{best.strategy}` is the most accurate ({best.mean:.1f}%)"
+        return (
+            f"with {k} examples per class on this data, `{best.strategy}` is the most accurate "
+            f"({best.mean:.1f}%)"
+        )
     ratio = best.train_seconds / max(cheapest.train_seconds, 1e-6)
     return (
-        f"with {k} examples per class on this data, `{cheapest.strategy}` is within {best.mean - cheapest.mean:.1f} points "
-        f"of `{best.strategy}` at 1/{ratio:.0f} of the training time"
+        f"with {k} examples per class on this data, `{cheapest.strategy}` is within "
+        f"{best.mean - cheapest.mean:.1f} points of `{best.strategy}` at 1/{ratio:.0f} of the training time"
     )
 
 
+REPORT_STYLE = (
+    "body{font:15px system-ui,sans-serif;max-width:62rem;margin:auto;padding:1rem}"
+    "table{border-collapse:collapse}\n"
+    "td,th{border:1px solid #ccc;padding:.2rem .5rem}"
+    "figure{display:inline-block;margin:.3rem;font-size:.8em;text-align:center}\n"
+    "figure img{width:96px;height:96px;object-fit:cover}"
+)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 LINES = ("-", "--", ":", "-.")
 
@@ -216,8 +265,9 @@ def write_report(comparison: Comparison, folder: Path, title: str) -> Path:
             if name == "accuracy":  # no error bar reaches past 100%
                 errors = [[p.ci95 for p in line], [min(p.ci95, 100 - p.mean) for p in line]]
             axis.errorbar(
-                [p.shots * nudge for p in line], [value(p) for p in line], yerr=errors, capsize=3, label=strategy,
-                marker=MARKERS[n % len(MARKERS)], linestyle=LINES[n % len(LINES)], markersize=6, clip_on=False,
+                [p.shots * nudge for p in line], [value(p) for p in line], yerr=errors, capsize=3,
+                label=strategy, marker=MARKERS[n % len(MARKERS)], linestyle=LINES[n % len(LINES)],
+                markersize=6, clip_on=False,
             )  # fmt: skip
         axis.set_xscale("log")
         shots = sorted({p.shots for p in comparison.points})
@@ -251,17 +301,18 @@ def write_report(comparison: Comparison, folder: Path, title: str) -> Path:
         f"<figcaption>{escape(truth)} → {escape(predicted)}</figcaption></figure>"
         for path, truth, predicted in wrong
     )
+    interrupted = "<p><b>Interrupted: partial results.</b></p>" if comparison.interrupted else ""
+    accuracy_png = f"data:image/png;base64,{plots['accuracy']}"
+    time_png = f"data:image/png;base64,{plots['training-time']}"
     html = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
-<style>body{{font:15px system-ui,sans-serif;max-width:62rem;margin:auto;padding:1rem}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2rem .5rem}}figure{{display:inline-block;margin:.3rem;font-size:.8em;text-align:center}}
-figure img{{width:96px;height:96px;object-fit:cover}}</style></head><body>
+<style>{REPORT_STYLE}</style></head><body>
 <h1>{escape(title)}</h1>
 <p id="recommendation"><b>{_code(comparison.recommendation)}</b></p>
-<p id="leakage">{_leak_text(comparison)}</p>{'<p><b>Interrupted: partial results.</b></p>' if comparison.interrupted else ''}
+<p id="leakage">{_leak_text(comparison)}</p>{interrupted}
 <p>{comparison.test_images} held-out images over {len(comparison.classes)} classes; each point is the mean of
 {comparison.points[0].draws if comparison.points else 0} random draws of training images (95% CI).</p>
-<img id="accuracy-plot" alt="accuracy against examples per class" src="data:image/png;base64,{plots['accuracy']}">
-<img id="time-plot" alt="training time against examples per class" src="data:image/png;base64,{plots['training-time']}">
+<img id="accuracy-plot" alt="accuracy against examples per class" src="{accuracy_png}">
+<img id="time-plot" alt="training time against examples per class" src="{time_png}">
 <h2>Results</h2><table id="results"><tr><th>strategy</th><th>examples per class</th><th>accuracy (%)</th>
 <th>training (s)</th><th>prediction (ms / image, warm)</th></tr>{rows}</table>
 {_mistakes_section(best, thumbs)}
@@ -291,4 +342,7 @@ def _leak_text(comparison: Comparison) -> str:
     if not comparison.leaks:
         return "No held-out image duplicates a training image."
     action = "they were left out" if comparison.deduped else "rerun with --dedupe to leave them out"
-    return escape(f"{len(comparison.leaks)} held-out images duplicate a training image (same or nearly the same picture); {action}.")
+    return escape(
+        f"{len(comparison.leaks)} held-out images duplicate a training image "
+        f"(same or nearly the same picture); {action}."
+    )

@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
-from fewtune.storage import atomic
-from fewtune.model.calibration import expected_calibration_error
-from fewtune.model.classifier import Classifier
-from fewtune.data.dataset import Dataset
+from fewtune.data.dataset import Dataset, load_dataset
+from fewtune.data.inputs import ImageInput
+from fewtune.errors import FewtuneError
 from fewtune.geometry import normalize
+from fewtune.model.calibration import expected_calibration_error
+from fewtune.model.classifier import Classifier, load
+from fewtune.storage import atomic
 
 
 @dataclass
@@ -70,7 +72,13 @@ SAME_PICTURE = 0.9999  #: cosine between embeddings above which a test image is 
 
 
 def evaluate(
-    classifier: Classifier, data: Dataset, *, skip_bad: bool = False, progress: bool = False, mistakes: int = 10, dedupe: bool = False
+    classifier: Classifier,
+    data: Dataset,
+    *,
+    skip_bad: bool = False,
+    progress: bool = False,
+    mistakes: int = 10,
+    dedupe: bool = False,
 ) -> Report:
     """Score ``classifier`` on a labelled dataset whose class names match its classes.
 
@@ -79,7 +87,8 @@ def evaluate(
     cosine >= :data:`SAME_PICTURE`) are counted in ``Report.duplicates_of_training``, and left
     out with ``dedupe``.
     """
-    batch, kept = classifier.embed(data.paths, skip_bad=skip_bad, progress=progress)
+    images: list[ImageInput] = list(data.paths)
+    batch, kept = classifier.embed(images, skip_bad=skip_bad, progress=progress)
     head = classifier.head
     names = [data.classes[data.labels[i]] for i in kept]
     paths = [str(data.paths[i]) for i in kept]
@@ -92,7 +101,10 @@ def evaluate(
     known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
     probabilities = head.probabilities(batch.features[known])
     uncalibrated = head.probabilities(batch.features[known], temperature=1.0)
-    truth = torch.tensor([classifier.classes.index(n) for n, k in zip(names, known.tolist()) if k], dtype=torch.long)
+    truth = torch.tensor(
+        [classifier.classes.index(n) for n, k in zip(names, known.tolist(), strict=True) if k],
+        dtype=torch.long,
+    )
     predicted = probabilities.argmax(1)
     num_classes = len(classifier.classes)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -107,13 +119,13 @@ def evaluate(
         per_class.append(ClassScores(label, round(precision, 4), round(recall, 4), round(f1, 4), actual_c))
     present = [s for s in per_class if s.support]
 
-    known_paths = [p for p, k in zip(paths, known.tolist()) if k]
+    known_paths = [p for p, k in zip(paths, known.tolist(), strict=True) if k]
     confidence = probabilities.max(1).values
     wrong = (predicted != truth).nonzero().flatten().tolist()
     wrong.sort(key=lambda i: -float(confidence[i]))
     novelty = head.novelty(batch.novelty)
     threshold = classifier.open_set.threshold
-    unknown_names = sorted({n for n, k in zip(names, known.tolist()) if not k})
+    unknown_names = sorted({n for n, k in zip(names, known.tolist(), strict=True) if not k})
     return Report(
         images=int(known.sum()),
         accuracy=round(float((predicted == truth).double().mean()) if len(truth) else 0.0, 4),
@@ -124,16 +136,58 @@ def evaluate(
         per_class=per_class,
         confusion=confusion.tolist(),
         mistakes=[
-            Mistake(known_paths[i], classifier.classes[int(truth[i])], classifier.classes[int(predicted[i])], round(float(confidence[i]), 4))
+            Mistake(
+                known_paths[i],
+                classifier.classes[int(truth[i])],
+                classifier.classes[int(predicted[i])],
+                round(float(confidence[i]), 4),
+            )
             for i in wrong[:mistakes]
         ],
         known_rejected=round(float((novelty[known] > threshold).double().mean()), 4) if known.any() else 0.0,
         unknown_classes=unknown_names,
         unknown_images=int((~known).sum()),
-        unknown_rejected=round(float((novelty[~known] > threshold).double().mean()), 4) if (~known).any() else None,
+        unknown_rejected=round(float((novelty[~known] > threshold).double().mean()), 4)
+        if (~known).any()
+        else None,
         duplicates_of_training=duplicates,
         deduped=dedupe,
     )
+
+
+def evaluate_saved(
+    model: Path, data: Path, *, skip_bad: bool = False, progress: bool = False, dedupe: bool = False
+) -> Report:
+    """:func:`evaluate` the classifier saved at ``model`` on the labelled images at ``data``.
+
+    Raises:
+        FewtuneError: no class of ``data`` is one of the classifier's.
+    """
+    classifier = load(model)
+    test = load_dataset(data, min_classes=1)
+    if not set(test.classes) & set(classifier.classes):
+        raise FewtuneError(
+            f"{data}: none of its classes ({', '.join(test.classes[:5])}) is one of the classifier's "
+            f"({', '.join(classifier.classes[:5])})"
+        )
+    return evaluate(classifier, test, skip_bad=skip_bad, progress=progress, dedupe=dedupe)
+
+
+REPORT_STYLE = (
+    "body{font:15px system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem}"
+    "table{border-collapse:collapse;margin:.5rem 0}\n"
+    "td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}\n"
+    "#confusion td{min-width:2.5rem;text-align:center}\n"
+    "figure{display:inline-block;margin:.3rem;width:120px;font-size:.8em;text-align:center;vertical-align:top;"
+    "overflow-wrap:anywhere}\n"
+    "figure img,.missing{width:112px;height:112px;object-fit:cover;border:2px solid #dc2626;"
+    "border-radius:4px;display:block;margin:auto}\n"
+    ".missing{line-height:112px;background:#eee;color:#666}"
+)
+MATRIX_KEY = (
+    "rows: true class; columns: predicted; green: right, red: wrong, darker: a larger share of the row"
+)
 
 
 def render_html(report: Report, title: str) -> str:
@@ -149,15 +203,22 @@ def render_html(report: Report, title: str) -> str:
     )
     head = "".join(f"<th>{escape(c)}</th>" for c in report.classes)
     matrix = "".join(
-        f"<tr><th>{escape(c)}</th>" + "".join(_matrix_cell(n, sum(row), i == j) for j, n in enumerate(row)) + "</tr>"
-        for i, (c, row) in enumerate(zip(report.classes, report.confusion))
+        f"<tr><th>{escape(c)}</th>"
+        + "".join(_matrix_cell(n, sum(row), i == j) for j, n in enumerate(row))
+        + "</tr>"
+        for i, (c, row) in enumerate(zip(report.classes, report.confusion, strict=True))
     )
     figures = []
     for m in report.mistakes:
         uri = jpeg_data_uri(m.path, size=112)
-        picture = f'<img alt="{escape(Path(m.path).name)}" src="{uri}">' if uri else '<div class="missing">unreadable now</div>'
+        picture = (
+            f'<img alt="{escape(Path(m.path).name)}" src="{uri}">'
+            if uri
+            else '<div class="missing">unreadable now</div>'
+        )
         figures.append(
-            f'<figure title="{escape(m.path)}">{picture}<figcaption><b>{escape(m.predicted)}</b> ({m.score:.2f})<br>'
+            f'<figure title="{escape(m.path)}">{picture}'
+            f"<figcaption><b>{escape(m.predicted)}</b> ({m.score:.2f})<br>"
             f"was {escape(m.truth)}<br><small>{escape(Path(m.path).name)}</small></figcaption></figure>"
         )
     if figures:
@@ -166,25 +227,26 @@ def render_html(report: Report, title: str) -> str:
         mistakes = '<p id="no-mistakes">No mistakes: every test image of a known class got its class.</p>'
     else:
         mistakes = ""
-    unknown = (
-        f"<p>Open set: {report.unknown_images} images of classes it does not know ({escape(', '.join(report.unknown_classes))}); "
-        f"{100 * report.unknown_rejected:.1f}% answered unknown.</p>"
-        if report.unknown_rejected is not None
-        else ""
+    unknown = ""
+    if report.unknown_rejected is not None:
+        unknown = (
+            f"<p>Open set: {report.unknown_images} images of classes it does not know "
+            f"({escape(', '.join(report.unknown_classes))}); "
+            f"{100 * report.unknown_rejected:.1f}% answered unknown.</p>"
+        )
+    accuracy = f"{100 * report.accuracy:.1f}% on {report.images} images"
+    calibration = (
+        f"{100 * report.ece:.1f}% (without temperature scaling {100 * report.ece_uncalibrated:.1f}%)"
     )
+    columns = "<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
-<style>body{{font:15px system-ui,sans-serif;max-width:60rem;margin:auto;padding:1rem}}table{{border-collapse:collapse;margin:.5rem 0}}
-td,th{{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-#confusion td{{min-width:2.5rem;text-align:center}}
-figure{{display:inline-block;margin:.3rem;width:120px;font-size:.8em;text-align:center;vertical-align:top;overflow-wrap:anywhere}}
-figure img,.missing{{width:112px;height:112px;object-fit:cover;border:2px solid #dc2626;border-radius:4px;display:block;margin:auto}}
-.missing{{line-height:112px;background:#eee;color:#666}}</style></head><body>
+<style>{REPORT_STYLE}</style></head><body>
 <h1>{escape(title)}</h1>
-<p id="summary">Accuracy {100 * report.accuracy:.1f}% on {report.images} images; balanced accuracy {100 * report.balanced_accuracy:.1f}%;
-expected calibration error {100 * report.ece:.1f}% (without temperature scaling {100 * report.ece_uncalibrated:.1f}%);
+<p id="summary">Accuracy {accuracy}; balanced accuracy {100 * report.balanced_accuracy:.1f}%;
+expected calibration error {calibration};
 known images answered unknown: {100 * report.known_rejected:.1f}%.</p>{unknown}
-<h2>Per class</h2><table id="per-class"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>{rows}</table>
-<h2>Confusion matrix</h2><p>rows: true class; columns: predicted; green: right, red: wrong, darker: a larger share of the row</p>
+<h2>Per class</h2><table id="per-class">{columns}{rows}</table>
+<h2>Confusion matrix</h2><p>{MATRIX_KEY}</p>
 <table id="confusion"><tr><th></th>{head}</tr>{matrix}</table>
 {mistakes}
 </body></html>
@@ -199,7 +261,8 @@ def _matrix_cell(count: int, row_total: int, diagonal: bool) -> str:
     rgb = "22,163,74" if diagonal else "220,38,38"
     ink = "#fff" if share > 0.55 else "#111"
     kind = "right" if diagonal else "wrong"
-    return f'<td class="{kind}" style="background:rgba({rgb},{0.12 + 0.88 * share:.2f});color:{ink}">{count}</td>'
+    background = f"rgba({rgb},{0.12 + 0.88 * share:.2f})"
+    return f'<td class="{kind}" style="background:{background};color:{ink}">{count}</td>'
 
 
 def write_html(report: Report, path: Path, title: str) -> Path:

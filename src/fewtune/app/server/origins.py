@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from fewtune.app.limits import ASGIApp, Receive, Scope, Send, _reply
+from fewtune.app.server.limits import ASGIApp, Receive, Scope, Send, _reply
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -47,7 +47,9 @@ def host_name(host: str) -> str:
 class OriginGuard:
     """ASGI middleware: 400 for an unknown Host, 403 for a cross-origin write."""
 
-    def __init__(self, app: ASGIApp, allow_hosts: Iterable[str] = LOOPBACK_HOSTS, allow_origins: Iterable[str] = ()):
+    def __init__(
+        self, app: ASGIApp, allow_hosts: Iterable[str] = LOOPBACK_HOSTS, allow_origins: Iterable[str] = ()
+    ):
         self.app = app
         self.hosts = {host_name(h) for h in allow_hosts}
         self.origins = {o.strip().rstrip("/").lower() for o in allow_origins}
@@ -55,7 +57,9 @@ class OriginGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])
+        }
         host = headers.get("host")
         if host is not None and "*" not in self.hosts and host_name(host) not in self.hosts:
             known = ", ".join(sorted(self.hosts))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from fastapi import HTTPException
 
@@ -27,7 +28,9 @@ class BodyTooLarge(HTTPException):
     """Raised from ``receive`` inside the app; an HTTPException, so the app answers 413 itself."""
 
     def __init__(self, max_bytes: int):
-        super().__init__(413, f"request body larger than {max_bytes:,} bytes: send fewer or smaller images per request")
+        super().__init__(
+            413, f"request body larger than {max_bytes:,} bytes: send fewer or smaller images per request"
+        )
 
 
 class BodyLimit:
@@ -79,7 +82,11 @@ def _content_length(scope: Scope) -> int | None:
 async def _reply(send: Send, status: int, detail: str) -> None:
     """A JSON error sent straight from middleware (``{"detail": ...}``, like FastAPI's own)."""
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
