@@ -26,7 +26,7 @@ def test_novelty_grows_away_from_every_class():
 def test_threshold_accepts_most_known_examples():
     features, labels = blobs(per_class=30, seed=2)
     threshold, how = calibrate_threshold(features[::2], labels[::2], 3)
-    assert how["method"] == "leave-one-out conformal quantile"
+    assert how["method"].startswith("leave-one-out conformal quantile")
     accepted = novelty(features[1::2], class_means(features[::2], labels[::2], 3)) <= threshold
     assert accepted.float().mean() >= 0.85
 
