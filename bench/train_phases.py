@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import fewtune
-from fewtune.model import classifier
+from fewtune.model import head
 from fewtune.model import training as trainer
 from fewtune.strategies.finetune import decision, loop
 from fewtune.strategies.finetune import strategy as finetune_strategy
@@ -30,7 +30,7 @@ PHASES = [
     (finetune_strategy, "load_pictures", "decode the pictures"),
     (loop, "prepare", "embed the augmented views, imprint the head"),
     (finetune_strategy, "tune_body", "tune_body in all (views + training steps)"),
-    (classifier.Classifier, "refit", "fit the head, calibrate, unknown threshold"),
+    (head.Head, "fit", "fit the head, calibrate, unknown threshold"),
 ]
 
 
