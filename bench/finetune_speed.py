@@ -58,8 +58,11 @@ def measure(args: argparse.Namespace) -> dict:
 
     import fewtune
     from fewtune.features.embedding import build_transform, embed_files
-    from fewtune.strategies.finetuning import CosineHead, FinetuneConfig, imprint, load_pictures, train_head, tune_body
-    from fewtune.strategies.finetune import AUTO_TOP
+    from fewtune.strategies.finetune.config import FinetuneConfig
+    from fewtune.strategies.finetune.decision import AUTO_TOP
+    from fewtune.strategies.finetune.head import CosineHead, imprint, train_head
+    from fewtune.strategies.finetune.loop import tune_body
+    from fewtune.strategies.finetune.views import load_pictures
 
     paths, labels, way = task(args)
     backbone = fewtune.create_backbone()
@@ -77,7 +80,9 @@ def measure(args: argparse.Namespace) -> dict:
         optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         for _ in range(config.head_epochs):
             with torch.no_grad():
-                embedded = backbone.model.forward_head(backbone.model.forward_features(batch), pre_logits=True)
+                embedded = backbone.model.forward_head(
+                    backbone.model.forward_features(batch), pre_logits=True
+                )
             loss = F.cross_entropy(head(embedded), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad()
             loss.backward()
@@ -85,12 +90,19 @@ def measure(args: argparse.Namespace) -> dict:
     elif args.variant in ("tune", "tune_checkpoint"):
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = Path(folder) / "checkpoint" if args.variant == "tune_checkpoint" else None
-            result = tune_body(backbone, load_pictures(paths), labels, way, config, AUTO_TOP, checkpoint=checkpoint)
+            result = tune_body(
+                backbone, load_pictures(paths), labels, way, config, AUTO_TOP, checkpoint=checkpoint
+            )
         extra = {"steps": result.steps, "epochs": result.epochs, "views": result.views}
     elif args.variant == "hand_loop":
         extra = hand_loop(backbone, paths, labels, way, config)
     seconds = time.perf_counter() - started
-    return {"variant": args.variant, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+    return {
+        "variant": args.variant,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **extra,
+    }
 
 
 def hand_loop(backbone, paths, labels, way, config) -> dict:
@@ -99,8 +111,9 @@ def hand_loop(backbone, paths, labels, way, config) -> dict:
     import torch.nn.functional as F
     from PIL import Image, ImageOps
 
-    from fewtune.strategies.finetuning import TARGET_STEPS, view_transform, views_per_image
-    from fewtune.strategies.finetune import AUTO_TOP
+    from fewtune.strategies.finetune.config import TARGET_STEPS
+    from fewtune.strategies.finetune.decision import AUTO_TOP
+    from fewtune.strategies.finetune.views import view_transform, views_per_image
 
     first = len(backbone.model.blocks) - AUTO_TOP  # the top AUTO_TOP stages: blocks[first:], conv_head, bn2
     model = backbone.model.eval().requires_grad_(False)
@@ -109,25 +122,45 @@ def hand_loop(backbone, paths, labels, way, config) -> dict:
     torch.manual_seed(config.seed)
     transform = view_transform(backbone.preprocessing, "light")
     pictures = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in paths]
-    views = [(transform(p), int(y)) for p, y in zip(pictures, labels) for _ in range(views_per_image(config, len(pictures)))]
+    views = [
+        (transform(p), int(y))
+        for p, y in zip(pictures, labels, strict=True)
+        for _ in range(views_per_image(config, len(pictures)))
+    ]
+    chunk = config.batch_size
     with torch.no_grad():
-        hidden = torch.cat([
-            model.blocks[:first](model.bn1(model.conv_stem(torch.stack([v for v, _ in views[s : s + config.batch_size]]))))
-            for s in range(0, len(views), config.batch_size)
-        ])  # fmt: skip
+        hidden = torch.cat(
+            [
+                model.blocks[:first](
+                    model.bn1(model.conv_stem(torch.stack([v for v, _ in views[s : s + chunk]])))
+                )
+                for s in range(0, len(views), chunk)
+            ]
+        )
     targets = torch.tensor([y for _, y in views])
 
     def top(h):
         return model.forward_head(model.bn2(model.conv_head(model.blocks[first:](h))), pre_logits=True)
 
     with torch.no_grad():
-        start = torch.cat([top(hidden[s : s + config.batch_size]) for s in range(0, len(hidden), config.batch_size)])
-    prototypes = F.normalize(torch.zeros(way, start.shape[1]).index_add_(0, targets, F.normalize(start, dim=1)), dim=1)
+        start = torch.cat(
+            [top(hidden[s : s + config.batch_size]) for s in range(0, len(hidden), config.batch_size)]
+        )
+    prototypes = F.normalize(
+        torch.zeros(way, start.shape[1]).index_add_(0, targets, F.normalize(start, dim=1)), dim=1
+    )
     weight, scale = torch.nn.Parameter(prototypes), torch.nn.Parameter(torch.tensor(10.0))
     body = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [weight, scale], "lr": config.lr}, {"params": body, "lr": config.body_lr}], weight_decay=config.weight_decay)
-    steps = math.ceil(len(views) / config.batch_size) * max(1, round(TARGET_STEPS / math.ceil(len(views) / config.batch_size)))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.body_lr], total_steps=steps, pct_start=0.1)
+    optimizer = torch.optim.AdamW(
+        [{"params": [weight, scale], "lr": config.lr}, {"params": body, "lr": config.body_lr}],
+        weight_decay=config.weight_decay,
+    )
+    steps = math.ceil(len(views) / config.batch_size) * max(
+        1, round(TARGET_STEPS / math.ceil(len(views) / config.batch_size))
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[config.lr, config.body_lr], total_steps=steps, pct_start=0.1
+    )
     for _ in range(steps):
         batch = torch.randint(len(views), (config.batch_size,))
         logits = scale * F.normalize(top(hidden[batch]), dim=1) @ F.normalize(weight, dim=1).T
@@ -148,18 +181,29 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in VARIANTS:
         runs = []
         for _ in range(args.repeats):
-            command = [sys.executable, __file__, "--data", str(args.data), "--way", str(args.way), "--shot", str(args.shot),
-                       "--seed", str(args.seed), "--variant", variant]  # fmt: skip
+            command = [sys.executable, __file__, "--data", str(args.data), "--way", str(args.way),
+                       "--shot", str(args.shot), "--seed", str(args.seed), "--variant", variant]  # fmt: skip
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         runs.sort(key=lambda r: r["seconds"])
         rows[variant] = {**runs[len(runs) // 2], "all_seconds": [round(r["seconds"], 3) for r in runs]}
-        print(f"{variant:>16}: {rows[variant]['seconds']:.3f} s (runs {rows[variant]['all_seconds']}), peak RSS {rows[variant]['peak_rss_mb']:.0f} MB", flush=True)
+        row = rows[variant]
+        print(
+            f"{variant:>16}: {row['seconds']:.3f} s (runs {row['all_seconds']}), "
+            f"peak RSS {row['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     summary = {
         "task": f"{args.data.name} {args.way}-way {args.shot}-shot (seed {args.seed})",
-        "head_phase_speedup_cached_vs_backbone": round(rows["head_backbone"]["seconds"] / rows["head_cached"]["seconds"], 1),
-        "tune_overhead_vs_hand_loop_percent": round(100 * (rows["tune"]["seconds"] / rows["hand_loop"]["seconds"] - 1), 1),
-        "tune_with_checkpoints_overhead_vs_hand_loop_percent": round(100 * (rows["tune_checkpoint"]["seconds"] / rows["hand_loop"]["seconds"] - 1), 1),
+        "head_phase_speedup_cached_vs_backbone": round(
+            rows["head_backbone"]["seconds"] / rows["head_cached"]["seconds"], 1
+        ),
+        "tune_overhead_vs_hand_loop_percent": round(
+            100 * (rows["tune"]["seconds"] / rows["hand_loop"]["seconds"] - 1), 1
+        ),
+        "tune_with_checkpoints_overhead_vs_hand_loop_percent": round(
+            100 * (rows["tune_checkpoint"]["seconds"] / rows["hand_loop"]["seconds"] - 1), 1
+        ),
         "rows": rows,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))

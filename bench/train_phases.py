@@ -17,20 +17,20 @@ import time
 from pathlib import Path
 
 import fewtune
-from fewtune.model import classifier
-from fewtune.strategies import finetuning
+from fewtune.model import head
 from fewtune.model import training as trainer
-from fewtune.strategies import finetune as finetune_strategy
+from fewtune.strategies.finetune import decision, loop
+from fewtune.strategies.finetune import strategy as finetune_strategy
 
 PHASES = [
     (trainer, "create_backbone", "load the backbone"),
     (trainer, "embed_files", "embed the images (frozen; again after tuning)"),
-    (finetune_strategy, "imagenet_familiarity", "decide: ImageNet familiarity"),
-    (finetune_strategy, "leave_one_out_accuracy", "decide: leave-one-out accuracy"),
+    (decision, "imagenet_familiarity", "decide: ImageNet familiarity"),
+    (decision, "leave_one_out_accuracy", "decide: leave-one-out accuracy"),
     (finetune_strategy, "load_pictures", "decode the pictures"),
-    (finetuning, "_prepare", "embed the augmented views, imprint the head"),
+    (loop, "prepare", "embed the augmented views, imprint the head"),
     (finetune_strategy, "tune_body", "tune_body in all (views + training steps)"),
-    (classifier.Classifier, "refit", "fit the head, calibrate, unknown threshold"),
+    (head.Head, "fit", "fit the head, calibrate, unknown threshold"),
 ]
 
 
@@ -61,7 +61,12 @@ def main() -> None:
         started = time.perf_counter()
         model = fewtune.train(folder, "finetune", cache=False)
         seconds["total"] = round(time.perf_counter() - started, 2)
-    print(json.dumps({"data": str(args.data), "body": model.fit_report["body"]["unfreeze"], "seconds": seconds}, indent=2))
+    print(
+        json.dumps(
+            {"data": str(args.data), "body": model.fit_report["body"]["unfreeze"], "seconds": seconds},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

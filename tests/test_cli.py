@@ -33,13 +33,26 @@ def test_train_predict_info(capsys, colour_data, tmp_path, tiny_flags):
     code, out, _ = run(capsys, "predict", model, colour_data / "red", "--top-k", "2", "--json", "-q")
     results = json.loads(out)
     assert code == 0 and len(results) == 3
-    assert set(results[0]) == {"path", "label", "score", "top_k", "is_unknown", "nearest", "unknown_probability", "novelty", "probabilities"}
+    assert set(results[0]) == {
+        "path",
+        "label",
+        "score",
+        "top_k",
+        "is_unknown",
+        "nearest",
+        "unknown_probability",
+        "novelty",
+        "probabilities",
+    }
     assert list(results[0]["probabilities"]) == ["blue", "green", "red"]
     assert results[0]["top_k"][0] == {"label": results[0]["label"], "score": results[0]["score"]}
     assert len(results[0]["top_k"]) == 2
 
     code, out, _ = run(capsys, "predict", model, colour_data / "red" / "0.png", "--csv", "-q")
-    assert out.splitlines()[0] == "path,label,score,top_k,is_unknown,novelty,nearest,unknown_probability" and len(out.splitlines()) == 2
+    assert (
+        out.splitlines()[0] == "path,label,score,top_k,is_unknown,novelty,nearest,unknown_probability"
+        and len(out.splitlines()) == 2
+    )
 
     code, out, _ = run(capsys, "predict", model, str(colour_data / "*" / "1.png"), "-q")
     assert code == 0 and out.count("1.png") == 3
@@ -61,8 +74,14 @@ def test_default_output_path(capsys, colour_data, tiny_flags):
     "argv, message",
     [
         (["train", "{tmp}/nowhere", "-o", "{tmp}/m"], r"nowhere: no such file or folder"),
-        (["train", "{data}", "-o", "{tmp}/m", "--strategy", "magic"], "unknown strategy .magic.: use one of auto, prototype, probe"),
-        (["train", "{data}", "-o", "{tmp}/m", "--l2", "0.1"], "--l2 applies to --strategy probe only, not auto"),
+        (
+            ["train", "{data}", "-o", "{tmp}/m", "--strategy", "magic"],
+            "unknown strategy .magic.: use one of auto, prototype, probe",
+        ),
+        (
+            ["train", "{data}", "-o", "{tmp}/m", "--l2", "0.1"],
+            "--l2 applies to --strategy probe only, not auto",
+        ),
         (["train", "{data}", "-o", "{tmp}/m", "--backbone", "nope"], "unknown backbone 'nope'"),
         (["predict", "{tmp}", "x.jpg"], r"not a fewtune classifier \(no config.json\)"),
         (["info", "{tmp}"], r"not a fewtune classifier \(no config.json\)"),
@@ -109,7 +128,9 @@ def test_internal_error_exits_1_without_traceback(capsys, monkeypatch, colour_da
 
 
 def test_module_entry_point_and_version():
-    result = subprocess.run([sys.executable, "-m", "fewtune", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fewtune", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.startswith("fewtune ")
 
 
@@ -129,32 +150,52 @@ def test_predict_transductive(capsys, colour_data, tmp_path, tiny_flags):
     assert code == 0, err
     results = json.loads(out)
     assert len(results) == 9 and all(r["label"] == r["path"].split("/")[-2] for r in results)
-    code, out, err = run(capsys, "predict", tmp_path / "m", colour_data, "--transductive", "--balanced", "--json", "-q")
+    code, out, err = run(
+        capsys, "predict", tmp_path / "m", colour_data, "--transductive", "--balanced", "--json", "-q"
+    )
     assert code == 0 and all(r["label"] == r["path"].split("/")[-2] for r in json.loads(out)), err
     code, out, err = run(capsys, "predict", tmp_path / "m", colour_data, "--balanced")
     assert code != 0 and "add --transductive" in err
 
 
 def test_finetune_from_the_command_line(capsys, colour_data, tmp_path, tiny_flags, monkeypatch):
-    from fewtune.strategies import finetuning
+    from fewtune.strategies.finetune import checkpoints
 
     model = tmp_path / "tuned.fewtune"
-    flags = ["--strategy", "finetune", "--unfreeze", "top:2", "--epochs", "2", "--views", "2", "--batch-size", "4", "--head-epochs", "5", *tiny_flags]
-    save = finetuning._save_checkpoint
+    flags = [
+        "--strategy",
+        "finetune",
+        "--unfreeze",
+        "top:2",
+        "--epochs",
+        "2",
+        "--views",
+        "2",
+        "--batch-size",
+        "4",
+        "--head-epochs",
+        "5",
+        *tiny_flags,
+    ]
+    save = checkpoints.save
 
     def save_then_stop(folder, *args):
         save(folder, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetuning, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
     code, _, err = run(capsys, "train", colour_data, "-o", model, *flags)
     assert code == 130 and "run again with --resume" in err and not model.exists()
     assert (tmp_path / "tuned.fewtune.checkpoint" / "state.json").is_file()
-    monkeypatch.setattr(finetuning, "_save_checkpoint", save)
+    monkeypatch.setattr(checkpoints, "save", save)
 
     code, _, err = run(capsys, "train", colour_data, "-o", model, *flags, "--resume")
     assert code == 0, err
-    assert "trained finetune" in err and "body: unfreeze top:2 (set by --unfreeze)" in err and "fine-tuned 2 epochs" in err
+    assert (
+        "trained finetune" in err
+        and "body: unfreeze top:2 (set by --unfreeze)" in err
+        and "fine-tuned 2 epochs" in err
+    )
     assert (model / "body.safetensors").is_file() and not (tmp_path / "tuned.fewtune.checkpoint").exists()
     code, out, _ = run(capsys, "predict", model, colour_data / "red", "--json", "-q")
     assert code == 0 and len(json.loads(out)) == 3

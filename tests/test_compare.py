@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
 from conftest import make_image
-from fewtune.evaluate.compare import CurvePoint, holdout_split, recommend
 from test_cli import run
+
+from fewtune.evaluate.compare import CurvePoint, holdout_split, recommend
 
 
 @pytest.fixture
@@ -27,8 +27,14 @@ def test_holdout_split_is_fixed_and_disjoint():
 
 
 def test_recommendation_prefers_the_cheap_strategy_within_the_ci():
-    points = [CurvePoint("prototype", 5, 97.6, 0.5, 5, 0.001, 30.0), CurvePoint("probe", 5, 98.0, 0.5, 5, 0.04, 30.0)]
-    assert recommend(points) == "with 5 examples per class on this data, `prototype` is within 0.4 points of `probe` at 1/40 of the training time"
+    points = [
+        CurvePoint("prototype", 5, 97.6, 0.5, 5, 0.001, 30.0),
+        CurvePoint("probe", 5, 98.0, 0.5, 5, 0.04, 30.0),
+    ]
+    assert recommend(points) == (
+        "with 5 examples per class on this data, `prototype` is within 0.4 points of `probe` "
+        "at 1/40 of the training time"
+    )
     points[0].mean = 90.0
     assert recommend(points) == "with 5 examples per class on this data, `probe` is the most accurate (98.0%)"
 
@@ -38,10 +44,17 @@ def test_compare_writes_a_report_that_renders(capsys, data, tmp_path, tiny_weigh
 
     report = tmp_path / "report"
     flags = ["--backbone", "test_efficientnet", "--weights", tiny_weights, "-q"]
-    code, out, err = run(capsys, "compare", data, "--shots", "1,2,9", "--draws", "2", "-o", report, "--json", *flags)
+    code, out, err = run(
+        capsys, "compare", data, "--shots", "1,2,9", "--draws", "2", "-o", report, "--json", *flags
+    )
     assert code == 0, err
     points = json.loads(out)
-    assert [(p["strategy"], p["shots"]) for p in points] == [("prototype", 1), ("probe", 1), ("prototype", 2), ("probe", 2)]
+    assert [(p["strategy"], p["shots"]) for p in points] == [
+        ("prototype", 1),
+        ("probe", 1),
+        ("prototype", 2),
+        ("probe", 2),
+    ]
     assert "skipped --shots 9" in err
     assert {p.name for p in report.iterdir()} == {"index.html", "accuracy.png", "training-time.png"}
 
@@ -68,8 +81,8 @@ def test_near_duplicate_photos_are_found(tmp_path):
 
 def test_duplicates_across_the_split_are_reported_and_left_out(data, tiny_weights):
     import fewtune
-    from fewtune.evaluate.compare import compare
     from fewtune.data.dataset import load_dataset
+    from fewtune.evaluate.compare import compare
 
     for c in range(3):  # every class gets an exact copy of one of its images
         (data / f"class{c}" / "copy.png").write_bytes((data / f"class{c}" / "0.png").read_bytes())
@@ -83,8 +96,8 @@ def test_duplicates_across_the_split_are_reported_and_left_out(data, tiny_weight
 
 def test_ctrl_c_returns_what_was_measured(data, tiny_weights):
     import fewtune
-    from fewtune.evaluate.compare import compare
     from fewtune.data.dataset import load_dataset
+    from fewtune.evaluate.compare import compare
 
     calls = []
 
@@ -101,13 +114,13 @@ def test_ctrl_c_returns_what_was_measured(data, tiny_weights):
 
 def test_finetune_is_compared_on_its_own_tuned_features(data, tiny_weights, monkeypatch):
     import fewtune
-    from fewtune.evaluate.compare import compare
     from fewtune.data.dataset import load_dataset
-    from fewtune.strategies import finetune
+    from fewtune.evaluate.compare import compare
+    from fewtune.strategies.finetune import decision
 
-    monkeypatch.setattr(finetune, "AUTO_TOP", 1)
+    monkeypatch.setattr(decision, "AUTO_TOP", 1)
     backbone = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
-    monkeypatch.setattr(finetune, "HEADROOM", 1.01)  # always worth tuning, even on easy colours
+    monkeypatch.setattr(decision, "HEADROOM", 1.01)  # always worth tuning, even on easy colours
     result = compare(load_dataset(data), backbone, [2], ["prototype", "finetune"], draws=2, test_fraction=0.5)
     tuned, frozen = (next(p for p in result.points if p.strategy == s) for s in ("finetune", "prototype"))
     assert tuned.draws == frozen.draws == 2 and tuned.train_seconds > frozen.train_seconds

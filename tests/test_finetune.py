@@ -9,21 +9,17 @@ import pytest
 import torch
 
 import fewtune
-from fewtune.strategies import finetuning
+from fewtune.errors import FewtuneError, Interrupted
 from fewtune.features.backbones import state_sha256
-from fewtune.errors import FewtuneError
-from fewtune.strategies.finetuning import (
-    FinetuneConfig,
-    SplitBody,
-    layer_groups,
-    load_pictures,
-    lr_find,
-    param_groups,
-    tune_body,
-    unfreeze,
-)
 from fewtune.strategies import Finetune
-from fewtune.strategies.finetune import imagenet_familiarity, leave_one_out_accuracy
+from fewtune.strategies.finetune import checkpoints, decision, stages
+from fewtune.strategies.finetune.config import FinetuneConfig
+from fewtune.strategies.finetune.decision import imagenet_familiarity, leave_one_out_accuracy
+from fewtune.strategies.finetune.head import CosineHead
+from fewtune.strategies.finetune.loop import tune_body
+from fewtune.strategies.finetune.lr_finder import lr_find
+from fewtune.strategies.finetune.stages import SplitBody, layer_groups, param_groups, unfreeze
+from fewtune.strategies.finetune.views import load_pictures
 from tests.conftest import unseen_photos
 
 FAST = dict(views=2, batch_size=4, epochs=2, head_epochs=5)
@@ -71,7 +67,7 @@ def test_unfreeze_opens_exactly_the_top_stages(tiny_backbone):
     assert trainable == set(groups[-1] + groups[-2])
     unfreeze(model)  # all
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {n for g in groups for n in g}
-    finetuning.freeze(model)
+    stages.freeze(model)
     assert not any(p.requires_grad for p in model.parameters())
 
 
@@ -79,7 +75,7 @@ def test_param_groups_follow_the_config(tiny_backbone):
     model = copy.deepcopy(tiny_backbone.model)
     unfreeze(model, top=3)
     config = FinetuneConfig(lr=0.02, body_lr=0.004, layer_decay=0.5, weight_decay=0.03)
-    head = finetuning.CosineHead(torch.randn(3, tiny_backbone.dim))
+    head = CosineHead(torch.randn(3, tiny_backbone.dim))
     groups = {g["name"]: g for g in param_groups(model, head, config)}
     top = len(layer_groups(model)) - 1
     assert groups["head"]["lr"] == 0.02 and groups["head"]["weight_decay"] == 0.03
@@ -90,7 +86,9 @@ def test_param_groups_follow_the_config(tiny_backbone):
         assert all(p.ndim == 1 for p in groups[f"stage {top - depth} (no decay)"]["params"])
         assert groups[f"stage {top - depth} (no decay)"]["weight_decay"] == 0.0
     assert f"stage {top - 3}" not in groups
-    assert sum(len(g["params"]) for g in groups.values()) == 2 + sum(p.requires_grad for p in model.parameters())
+    assert sum(len(g["params"]) for g in groups.values()) == 2 + sum(
+        p.requires_grad for p in model.parameters()
+    )
 
 
 @pytest.mark.parametrize("top", [2, None])
@@ -115,7 +113,9 @@ def test_tuning_moves_only_the_open_stages_and_keeps_batchnorm_statistics(tiny_b
     assert changed and changed <= top
     assert not any("running_" in k for k in changed)
     assert not any(p.requires_grad for p in backbone.model.parameters()) and not backbone.model.training
-    assert result.views == 2 * len(labels) and result.epochs == 2 and result.steps == 2 * -(-result.views // 4)
+    assert (
+        result.views == 2 * len(labels) and result.epochs == 2 and result.steps == 2 * -(-result.views // 4)
+    )
     assert [row["epoch"] for row in result.history] == [1, 2]
 
 
@@ -129,25 +129,27 @@ def test_same_seed_same_model(tiny_backbone, colour_data):
     assert hashes[0] == hashes[1] != hashes[2]
 
 
-def test_interrupt_leaves_a_checkpoint_and_resume_continues_from_it(tiny_backbone, colour_data, tmp_path, monkeypatch):
+def test_interrupt_leaves_a_checkpoint_and_resume_continues_from_it(
+    tiny_backbone, colour_data, tmp_path, monkeypatch
+):
     pictures, labels, classes = support(colour_data)
     config = FinetuneConfig(**{**FAST, "epochs": 3})
     reference = copy.deepcopy(tiny_backbone)
     tune_body(reference, pictures, labels, classes, config, top=2)
 
     checkpoint = tmp_path / "model.fewtune.checkpoint"
-    save = finetuning._save_checkpoint
+    save = checkpoints.save
 
     def save_then_stop(folder, *args):
         save(folder, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetuning, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
     interrupted = copy.deepcopy(tiny_backbone)
-    with pytest.raises(finetuning.Interrupted, match="--resume"):
+    with pytest.raises(Interrupted, match="--resume"):
         tune_body(interrupted, pictures, labels, classes, config, top=2, checkpoint=checkpoint)
     assert json.loads((checkpoint / "state.json").read_text())["epoch"] == 1
-    monkeypatch.setattr(finetuning, "_save_checkpoint", save)
+    monkeypatch.setattr(checkpoints, "save", save)
 
     resumed = copy.deepcopy(tiny_backbone)
     result = tune_body(resumed, pictures, labels, classes, config, top=2, checkpoint=checkpoint, resume=True)
@@ -156,8 +158,17 @@ def test_interrupt_leaves_a_checkpoint_and_resume_continues_from_it(tiny_backbon
         assert torch.allclose(value, resumed.model.state_dict()[name], atol=1e-6), name
 
     with pytest.raises(FewtuneError, match="other settings \\(lr\\)"):
-        tune_body(copy.deepcopy(tiny_backbone), pictures, labels, classes, FinetuneConfig(**{**FAST, "epochs": 3, "lr": 0.5}),
-                  top=2, checkpoint=checkpoint, resume=True)  # fmt: skip
+        other = FinetuneConfig(**{**FAST, "epochs": 3, "lr": 0.5})
+        tune_body(
+            copy.deepcopy(tiny_backbone),
+            pictures,
+            labels,
+            classes,
+            other,
+            top=2,
+            checkpoint=checkpoint,
+            resume=True,
+        )
 
 
 def test_validation_keeps_the_best_epoch_and_may_keep_the_pretrained_body(tiny_backbone, colour_data):
@@ -165,10 +176,13 @@ def test_validation_keeps_the_best_epoch_and_may_keep_the_pretrained_body(tiny_b
     backbone = copy.deepcopy(tiny_backbone)
     result = tune_body(
         backbone, pictures[1::3] + pictures[2::3], torch.cat([labels[1::3], labels[2::3]]), classes,
-        FinetuneConfig(**{**FAST, "epochs": 4, "patience": 1}), top=1, validation=(pictures[::3], labels[::3]),
+        FinetuneConfig(**{**FAST, "epochs": 4, "patience": 1}), top=1,
+        validation=(pictures[::3], labels[::3]),
     )  # fmt: skip
     assert result.best_epoch is not None and 0 <= result.best_epoch <= result.epochs
-    assert result.val_accuracy == max([r.get("val_accuracy", 0) for r in result.history] + [result.val_accuracy])
+    assert result.val_accuracy == max(
+        [r.get("val_accuracy", 0) for r in result.history] + [result.val_accuracy]
+    )
     if result.best_epoch == 0:
         assert state_sha256(backbone.model.state_dict()) == state_sha256(tiny_backbone.model.state_dict())
 
@@ -191,27 +205,39 @@ def test_leave_one_out_accuracy_holds_each_example_out():
     assert leave_one_out_accuracy(features, labels, 2) == 0.75
 
 
-def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(tiny_backbone, colour_data, tmp_path):
+def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(
+    tiny_backbone, colour_data, tmp_path
+):
     before = state_sha256(tiny_backbone.model.state_dict())
     classifier = fewtune.train(colour_data, "finetune", backbone=tiny_backbone, unfreeze="top:2", **FAST)
     assert state_sha256(tiny_backbone.model.state_dict()) == before and tiny_backbone.tuned_sha256 is None
     assert classifier.backbone.tuned_sha256 == state_sha256(classifier.backbone.model.state_dict())
-    assert classifier.backbone.fingerprint != tiny_backbone.fingerprint  # tuned features get their own cache rows
+    assert (
+        classifier.backbone.fingerprint != tiny_backbone.fingerprint
+    )  # tuned features get their own cache rows
     assert classifier.fit_report["body"]["unfreeze"] == "top:2" and classifier.fit_report["head"]["trained"]
 
     path = classifier.save(tmp_path / "tuned.fewtune")
     assert (path / "body.safetensors").is_file()
-    assert json.loads((path / "config.json").read_text())["backbone"]["tuned_sha256"] == classifier.backbone.tuned_sha256
+    assert (
+        json.loads((path / "config.json").read_text())["backbone"]["tuned_sha256"]
+        == classifier.backbone.tuned_sha256
+    )
     images = sorted(colour_data.rglob("*.png"))
     expected = classifier.predict(images)
     loaded = fewtune.load(path, backbone=tiny_backbone)
     assert state_sha256(tiny_backbone.model.state_dict()) == before
     again = loaded.predict(images)
     assert [p.label for p in again] == [p.label for p in expected]
-    assert [p.score for p in again] == pytest.approx([p.score for p in expected], abs=2e-6)  # 6-digit rounding of float32
+    assert [p.score for p in again] == pytest.approx(
+        [p.score for p in expected], abs=2e-6
+    )  # 6-digit rounding of float32
 
     classifier.add_examples("purple", images[:1])  # a new class from one example keeps the tuned body
-    assert classifier.classes[-1] == "purple" and classifier.backbone.tuned_sha256 == loaded.backbone.tuned_sha256
+    assert (
+        classifier.classes[-1] == "purple"
+        and classifier.backbone.tuned_sha256 == loaded.backbone.tuned_sha256
+    )
 
     (path / "body.safetensors").write_bytes((path / "body.safetensors").read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(FewtuneError, match="body.safetensors: does not match the hash"):
@@ -219,7 +245,9 @@ def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(t
 
 
 def test_unfreeze_none_trains_the_head_on_cached_features_only(tiny_backbone, colour_data):
-    classifier = fewtune.train(colour_data, "finetune", backbone=tiny_backbone, unfreeze="none", head_epochs=10)
+    classifier = fewtune.train(
+        colour_data, "finetune", backbone=tiny_backbone, unfreeze="none", head_epochs=10
+    )
     assert classifier.backbone is tiny_backbone and classifier.backbone.tuned_sha256 is None
     assert classifier.fit_report["body"] == {"unfreeze": "none", "why": "set by --unfreeze"}
     assert classifier.fit_report["head"]["trained"] is True
@@ -249,20 +277,21 @@ def test_auto_never_starts_a_tune_on_imagenet_like_photos(real_backbone, photo_d
     """Even when frozen features look short of HEADROOM, ``auto`` (require_gain) keeps the body
     on everyday photos: the cross-fitted tune costs seconds and never paid on Caltech."""
     from fewtune.features.embedding import embed_files
-    from fewtune.strategies import finetune
 
-    monkeypatch.setattr(finetune, "HEADROOM", 1.01)  # leave-one-out alone would say "could pay"
+    monkeypatch.setattr(decision, "HEADROOM", 1.01)  # leave-one-out alone would say "could pay"
     dataset = fewtune.load_dataset(photo_data)
     features = embed_files(real_backbone, dataset.paths).features
     labels = torch.tensor(dataset.labels)
     top, why = Finetune()._choose_body(real_backbone, features, labels, 3, require_gain=True)
     assert top == 0 and "ImageNet-like" in why
     top, _ = Finetune()._choose_body(real_backbone, features, labels, 3)  # --strategy finetune: may tune
-    assert top == finetune.AUTO_TOP
+    assert top == decision.AUTO_TOP
 
 
 def test_fine_tuning_real_photos_end_to_end(real_backbone, photo_data, tmp_path):
-    classifier = fewtune.train(photo_data, "finetune", backbone=real_backbone, unfreeze="top:1", views=2, epochs=1, head_epochs=20)
+    classifier = fewtune.train(
+        photo_data, "finetune", backbone=real_backbone, unfreeze="top:1", views=2, epochs=1, head_epochs=20
+    )
     assert classifier.fit_report["body"]["result"]["steps"] >= 1
     loaded = fewtune.load(classifier.save(tmp_path / "photos.fewtune"))
     for name in ("strawberry", "scissors", "sunflower"):
@@ -280,5 +309,11 @@ def test_benchmark_fine_tunes_per_episode(tiny_backbone, colour_data):
     setting = Setting(3, 1, 2, 0, episodes)
     with pytest.raises(FewtuneError, match="learns from the images"):
         run_setting(["finetune:unfreeze=top:1"], features, dataset.labels, setting)
-    [row] = run_setting(["finetune:unfreeze=top:1"], features, dataset.labels, setting, images=Images(tiny_backbone, dataset.paths))
+    [row] = run_setting(
+        ["finetune:unfreeze=top:1"],
+        features,
+        dataset.labels,
+        setting,
+        images=Images(tiny_backbone, dataset.paths),
+    )
     assert row["episodes"] == 2 and 0 <= row["mean"] <= 100

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import COLOURS, make_image
 from test_cli import run as run_cli
 
@@ -28,7 +27,7 @@ def tiny_flags(tiny_weights) -> list[str]:
 def test_markup_in_paths_and_labels_prints_as_typed(capsys, monkeypatch, tmp_path, tiny_flags):
     monkeypatch.chdir(tmp_path)  # short relative paths: no table folds them
     data = Path("d[/]ata")  # a folder "d[" holding "ata": the path reads d[/]ata
-    for c, (name, rgb) in enumerate(zip(["[bold red]b", "[red]", "plain"], COLOURS.values())):
+    for c, (name, rgb) in enumerate(zip(["[bold red]b", "[red]", "plain"], COLOURS.values(), strict=True)):
         for i in range(2):
             make_image(data / name / f"[bold red]{i}.png", rgb, noise_seed=10 * c + i)
     model = "m[/].fewtune"
@@ -42,7 +41,9 @@ def test_markup_in_paths_and_labels_prints_as_typed(capsys, monkeypatch, tmp_pat
     assert "d[/]ata/[bold red]b/[bold red]0.png\t[bold red]b\t" in out  # piped: one tab-separated row
 
     code, out, _ = run(capsys, "info", model)
-    assert code == 0 and out.startswith(f"{model}  (format") and "[bold red]b (2), [red] (2), plain (2)" in out
+    assert (
+        code == 0 and out.startswith(f"{model}  (format") and "[bold red]b (2), [red] (2), plain (2)" in out
+    )
 
     code, out, err = run(capsys, "evaluate", model, data, "-q")
     assert code == 0, err
@@ -87,27 +88,41 @@ def test_serve_hint(capsys, monkeypatch):
 def test_report_hint(capsys, monkeypatch, colour_data, tmp_path, tiny_flags):
     for name in ("matplotlib", "matplotlib.ticker", "matplotlib.pyplot"):
         monkeypatch.setitem(sys.modules, name, None)
-    code, _, err = run(capsys, "compare", colour_data, "-o", tmp_path / "report", "--shots", "1", "--draws", "2",
-                       "--strategies", "prototype", "-q", *tiny_flags)  # fmt: skip
+    code, _, err = run(capsys, "compare", colour_data, "-o", tmp_path / "report", "--shots", "1",
+                       "--draws", "2", "--strategies", "prototype", "-q", *tiny_flags)  # fmt: skip
     assert code == 2
     assert err.strip() == "error: the report's plots need matplotlib: pip install 'fewtune[report]'"
 
 
 def test_lr_find_hint(capsys, monkeypatch, colour_data, tmp_path):
     import fewtune.model.training
-    from fewtune.strategies.finetuning import LrFind
+    from fewtune.strategies.finetune.lr_finder import LrFind
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(fewtune.model.training, "find_lr", lambda *a, **k: LrFind(lrs=[1e-3, 1e-2], losses=[1.0, 0.5], suggestion=1e-2))
-    code, _, err = run(capsys, "train", colour_data, "--strategy", "finetune", "--lr-find", tmp_path / "lr.png")
+    monkeypatch.setattr(
+        fewtune.model.training,
+        "find_lr",
+        lambda *a, **k: LrFind(lrs=[1e-3, 1e-2], losses=[1.0, 0.5], suggestion=1e-2),
+    )
+    code, _, err = run(
+        capsys, "train", colour_data, "--strategy", "finetune", "--lr-find", tmp_path / "lr.png"
+    )
     assert code == 2
-    assert err.strip() == "error: plotting the learning-rate finder needs matplotlib: pip install 'fewtune[report]'"
+    assert (
+        err.strip()
+        == "error: plotting the learning-rate finder needs matplotlib: pip install 'fewtune[report]'"
+    )
 
 
 def test_bench_hint():
-    script = "import sys, runpy; sys.modules['easyfsl'] = None; sys.argv = ['peers.py', '--data', 'x']; runpy.run_path('bench/peers.py', run_name='__main__')"
+    script = (
+        "import sys, runpy; sys.modules['easyfsl'] = None; sys.argv = ['peers.py', '--data', 'x']; "
+        "runpy.run_path('bench/peers.py', run_name='__main__')"
+    )
     root = Path(__file__).parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, env=env, timeout=120
+    )
     assert done.returncode == 1
     assert done.stderr.strip().endswith('install them with pip install -e ".[bench]"'), done.stderr

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import time
 
+from test_finetune import FAST, support
+
 import fewtune
 from fewtune import progress
-from fewtune.strategies import finetuning
 from fewtune.model import training as trainer
-from fewtune.strategies.finetuning import FinetuneConfig, tune_body
-from test_finetune import FAST, support
+from fewtune.strategies.finetune import loop
+from fewtune.strategies.finetune.config import FinetuneConfig
+from fewtune.strategies.finetune.loop import tune_body
 
 
 class Recorder:
@@ -32,12 +34,16 @@ class Recorder:
         pass
 
 
-def test_fine_tuning_shows_the_views_being_prepared_before_its_first_step(tiny_backbone, colour_data, monkeypatch):
+def test_fine_tuning_shows_the_views_being_prepared_before_its_first_step(
+    tiny_backbone, colour_data, monkeypatch
+):
     """The 10-30 s before the training bar go into embedding the augmented views: they get a bar."""
     Recorder.phases = []
-    monkeypatch.setattr(finetuning, "ProgressBar", Recorder)
+    monkeypatch.setattr(loop, "ProgressBar", Recorder)
     pictures, labels, classes = support(colour_data)
-    tune_body(copy.deepcopy(tiny_backbone), pictures, labels, classes, FinetuneConfig(**FAST), top=1, progress=True)
+    tune_body(
+        copy.deepcopy(tiny_backbone), pictures, labels, classes, FinetuneConfig(**FAST), top=1, progress=True
+    )
     views = FAST["views"] * len(labels)
     assert [(p.what, p.total) for p in Recorder.phases][:2] == [
         (f"fine-tuning: embedding {views} augmented views", 2 * views),  # the frozen bottom, then the top

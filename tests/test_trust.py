@@ -6,12 +6,17 @@ import math
 
 import pytest
 import torch
+from test_strategies import blobs
 
 import fewtune
 from fewtune.model.calibration import LOG_T_BOUNDS, expected_calibration_error, fit_temperature
-from fewtune.model.openset import ONE_SHOT_MARGIN, UNKNOWN_PROBABILITY_CAP, calibrate_threshold, unknown_probability
+from fewtune.model.openset import (
+    ONE_SHOT_MARGIN,
+    UNKNOWN_PROBABILITY_CAP,
+    calibrate_threshold,
+    unknown_probability,
+)
 from fewtune.strategies.finetune import Finetune
-from test_strategies import blobs
 
 
 def test_all_right_held_out_predictions_do_not_make_the_temperature_certain():
@@ -41,7 +46,9 @@ def test_unknown_probability_is_a_half_at_the_threshold_and_never_certain():
     novelty = torch.tensor([0.0, 0.3, 0.5, 2.0])
     p = unknown_probability(novelty, 0.3, 0.05)
     assert p[1] == pytest.approx(0.5)
-    assert p[0] == pytest.approx(1 - UNKNOWN_PROBABILITY_CAP) and p[3] == pytest.approx(UNKNOWN_PROBABILITY_CAP)
+    assert p[0] == pytest.approx(1 - UNKNOWN_PROBABILITY_CAP) and p[3] == pytest.approx(
+        UNKNOWN_PROBABILITY_CAP
+    )
     assert bool((p[1:] >= p[:-1]).all())
 
 
@@ -58,7 +65,9 @@ def test_an_unknown_answer_never_carries_a_probability_of_one(frozen, colour_dat
     as_json = p.to_dict()
     assert as_json["nearest"] == "red" and as_json["unknown_probability"] == p.score
     [known] = frozen.predict(colour_data / "red" / "0.png")
-    assert not known.is_unknown and known.score == known.probabilities["red"] and known.unknown_probability < 0.5
+    assert (
+        not known.is_unknown and known.score == known.probabilities["red"] and known.unknown_probability < 0.5
+    )
 
 
 def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int):
@@ -69,10 +78,14 @@ def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int):
         return {**evidence, "tuned_correct": tuned_correct, "frozen_correct": frozen_correct}
 
     monkeypatch.setattr(Finetune, "_cross_fitted_tune", rigged)
-    monkeypatch.setattr("fewtune.strategies.finetune.imagenet_familiarity", lambda backbone, features: 0.05)
+    monkeypatch.setattr(
+        "fewtune.strategies.finetune.decision.imagenet_familiarity", lambda backbone, features: 0.05
+    )
 
 
-def test_auto_keeps_frozen_features_when_a_cross_fitted_tune_does_not_beat_them(tiny_backbone, colour_data, monkeypatch):
+def test_auto_keeps_frozen_features_when_a_cross_fitted_tune_does_not_beat_them(
+    tiny_backbone, colour_data, monkeypatch
+):
     _cross_fit_says(monkeypatch, tuned_correct=2, frozen_correct=2)
     classifier = fewtune.train(colour_data, backbone=tiny_backbone)
     assert classifier.pretrained is None and classifier.backbone is tiny_backbone
@@ -80,20 +93,27 @@ def test_auto_keeps_frozen_features_when_a_cross_fitted_tune_does_not_beat_them(
     assert "kept frozen" in classifier.fit_report["fine-tuning"]["why"]
 
 
-def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(tiny_backbone, colour_data, monkeypatch, tmp_path):
+def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(
+    tiny_backbone, colour_data, monkeypatch, tmp_path
+):
     _cross_fit_says(monkeypatch, tuned_correct=3, frozen_correct=1)
     messages = []
     classifier = fewtune.train(colour_data, backbone=tiny_backbone, notify=messages.append)
     assert messages and messages[0].startswith("fine-tuning:") and " s" in messages[0]
     assert classifier.fit_report["chosen"] == "finetune" and classifier.pretrained is tiny_backbone
-    assert classifier.backbone.tuned_sha256 and classifier.head.support.novelty.shape == classifier.head.support.features.shape
+    assert (
+        classifier.backbone.tuned_sha256
+        and classifier.head.support.novelty.shape == classifier.head.support.features.shape
+    )
     # the temperature comes from images held out of the cross-fitted tune, not from the support set
     assert "cross-fitted fine-tune" in classifier.calibration["method"]
     assert classifier.calibration["held_out_predictions"] == 3
     # novelty is measured on pretrained embeddings, and survives a save and a load
     classifier.save(tmp_path / "m")
     loaded = fewtune.load(tmp_path / "m", backbone=tiny_backbone)
-    assert loaded.pretrained.fingerprint == tiny_backbone.fingerprint  # a copy: load never changes the caller's backbone
+    assert (
+        loaded.pretrained.fingerprint == tiny_backbone.fingerprint
+    )  # a copy: load never changes the caller's backbone
     assert torch.equal(loaded.head.support.novelty, classifier.head.support.novelty)
     image = colour_data / "green" / "1.png"
     [before], [after] = classifier.predict(image), loaded.predict(image)
@@ -119,7 +139,7 @@ def test_a_fine_tuned_model_accepts_new_images_of_its_own_classes(real_backbone,
     new = [p for name in ("strawberry", "scissors", "sunflower") for p in unseen_photos(name, 4)]
     answers = classifier.predict(new)
     assert sum(p.is_unknown for p in answers) <= 1  # 12 new photos of known classes
-    assert sum(p.label == path.parent.name for p, path in zip(answers, new)) >= 10
+    assert sum(p.label == path.parent.name for p, path in zip(answers, new, strict=True)) >= 10
 
 
 @pytest.mark.slow
@@ -140,13 +160,17 @@ def test_calibration_never_worsens_ece_on_held_out_photos(real_backbone, tmp_pat
     for strategy in ("prototype", "probe"):
         classifier = fewtune.train(root, strategy, backbone=real_backbone)
         batch, _ = classifier.embed(test_paths)
-        before = expected_calibration_error(classifier.head.probabilities(batch.features, temperature=1.0), truth)
+        before = expected_calibration_error(
+            classifier.head.probabilities(batch.features, temperature=1.0), truth
+        )
         after = expected_calibration_error(classifier.head.probabilities(batch.features), truth)
         assert after <= before + 1e-9, strategy
         assert "on_search_bound" not in classifier.calibration
 
 
-def test_the_server_measures_a_tuned_models_novelty_on_pretrained_embeddings(tiny_backbone, colour_data, monkeypatch, tmp_path):
+def test_the_server_measures_a_tuned_models_novelty_on_pretrained_embeddings(
+    tiny_backbone, colour_data, monkeypatch, tmp_path
+):
     from fastapi.testclient import TestClient
 
     from fewtune.app.server import ServerConfig, create_app
@@ -157,16 +181,27 @@ def test_the_server_measures_a_tuned_models_novelty_on_pretrained_embeddings(tin
     image = colour_data / "blue" / "2.png"
     [expected] = classifier.predict(image)
     config = ServerConfig(models_dir=tmp_path / "models")
-    with TestClient(create_app(classifier.backbone, classifier, config), base_url="http://127.0.0.1:8000") as client:
-        [served] = client.post("/predict", files=[("file", ("2.png", image.read_bytes(), "image/png"))]).json()
-        assert served["novelty"] == pytest.approx(expected.novelty, abs=1e-4) and served["nearest"] == expected.nearest
-        added = client.post("/classes/teal/examples", files=[("file", ("t.png", image.read_bytes(), "image/png"))])
+    with TestClient(
+        create_app(classifier.backbone, classifier, config), base_url="http://127.0.0.1:8000"
+    ) as client:
+        [served] = client.post(
+            "/predict", files=[("file", ("2.png", image.read_bytes(), "image/png"))]
+        ).json()
+        assert (
+            served["novelty"] == pytest.approx(expected.novelty, abs=1e-4)
+            and served["nearest"] == expected.nearest
+        )
+        added = client.post(
+            "/classes/teal/examples", files=[("file", ("t.png", image.read_bytes(), "image/png"))]
+        )
         assert added.status_code == 200, added.text
         [again] = client.post("/predict", files=[("file", ("2.png", image.read_bytes(), "image/png"))]).json()
         assert again["nearest"] in ("blue", "teal") and not again["is_unknown"]
 
 
-def test_a_class_added_to_a_tuned_auto_model_keeps_the_tuned_head(tiny_backbone, colour_data, monkeypatch, tmp_path):
+def test_a_class_added_to_a_tuned_auto_model_keeps_the_tuned_head(
+    tiny_backbone, colour_data, monkeypatch, tmp_path
+):
     _cross_fit_says(monkeypatch, tuned_correct=3, frozen_correct=1)
     classifier = fewtune.train(colour_data, backbone=tiny_backbone)
     classifier.save(tmp_path / "m")
@@ -174,4 +209,6 @@ def test_a_class_added_to_a_tuned_auto_model_keeps_the_tuned_head(tiny_backbone,
     temperature = loaded.temperature
     loaded.add_examples("teal", [colour_data / "blue" / "0.png"])
     assert loaded.fit_report["chosen"] == "finetune" and loaded.pretrained is not None
-    assert loaded.temperature == temperature and loaded.calibration.get("kept")  # no held-out predictions of new classes
+    assert loaded.temperature == temperature and loaded.calibration.get(
+        "kept"
+    )  # no held-out predictions of new classes

@@ -23,7 +23,7 @@ class ProgressBar:
         self.bar: Progress | None = None
         self.task: TaskID | None = None
 
-    def __enter__(self) -> Callable[[int], None]:
+    def __enter__(self) -> Callable[..., None]:  # advance(n=1, status=None)
         self.start = time.monotonic()
         self.done, self.status = 0, ""
         return self.advance

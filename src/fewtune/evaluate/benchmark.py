@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
 import torch
 
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.data.leakage import Fingerprints, duplicates, fingerprint
-from fewtune.errors import FewtuneError
+from fewtune.errors import FewtuneError, Interrupted
 from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.features.backbones import Backbone, create_backbone
 from fewtune.features.embedding import embed_files
@@ -68,19 +68,6 @@ def build_strategy(spec: str) -> Strategy:
     return create_strategy(name, **hyperparameters)
 
 
-class Tunes(Protocol):
-    """What a strategy that learns from the images (``needs_images``) adds: fine-tuning the backbone."""
-
-    def tune(
-        self,
-        backbone: Backbone,
-        paths: list[Path],
-        labels: torch.Tensor,
-        features: torch.Tensor,
-        num_classes: int,
-    ) -> Backbone: ...
-
-
 @dataclass(frozen=True)
 class Images:
     """What strategies that learn from the images themselves (``finetune``) need: the backbone
@@ -116,13 +103,13 @@ def fit_with_backbone(
     support_features = features[support]
     embed: Callable[[list[int]], torch.Tensor] = lambda items: features[items]  # noqa: E731
     backbone = images.backbone if images is not None else None
-    if strategy.needs_images:
-        if images is None:
-            raise FewtuneError(
-                f"strategy {strategy.name!r} learns from the images: benchmark it from a dataset folder"
-            )
+    if images is None and strategy.learns_from_images:
+        raise FewtuneError(
+            f"strategy {strategy.name!r} learns from the images: benchmark it from a dataset folder"
+        )
+    if images is not None:
         paths = [images.paths[i] for i in support]
-        tuned = cast(Tunes, strategy).tune(images.backbone, paths, labels, support_features, num_classes)
+        tuned = strategy.adapt(images.backbone, paths, labels, support_features, num_classes)
         if tuned is not images.backbone:  # tuned features belong to this fit alone: not worth caching
             support_features = embed_files(tuned, paths, cache=False).features
             embed = lambda items: embed_files(tuned, [images.paths[i] for i in items], cache=False).features  # noqa: E731
@@ -141,14 +128,6 @@ def episode_accuracy(
     return float((strategy.logits(embed(episode.query)).argmax(dim=1) == query).float().mean())
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a benchmark: ``rows`` holds what was measured, the last row possibly partial."""
-
-    def __init__(self, rows: list[dict[str, Any]]):
-        super().__init__("interrupted")
-        self.rows = rows
-
-
 def run_setting(
     specs: list[str],
     features: torch.Tensor,
@@ -164,14 +143,15 @@ def run_setting(
         images: needed by strategies that learn from images (see :class:`Images`).
 
     Raises:
-        Interrupted: on Ctrl-C, carrying the rows so far; a partial row has ``"interrupted": true``.
+        fewtune.errors.Interrupted: on Ctrl-C, carrying the rows so far; a partial row has
+            ``"interrupted": true``.
     """
     rows: list[dict[str, Any]] = []
     threads = torch.get_num_threads()
     try:
         for spec in specs:
             # episodes on embeddings are tiny problems: a second thread only adds sync cost
-            torch.set_num_threads(threads if build_strategy(spec).needs_images else 1)
+            torch.set_num_threads(threads if build_strategy(spec).learns_from_images else 1)
             started, scores = time.perf_counter(), []
             try:
                 for episode in setting.episodes:
@@ -181,7 +161,7 @@ def run_setting(
             except KeyboardInterrupt:
                 if scores:
                     rows.append({**_row(spec, setting, scores, started), "interrupted": True})
-                raise Interrupted(rows) from None
+                raise Interrupted("interrupted", rows) from None
             rows.append(_row(spec, setting, scores, started))
     finally:
         torch.set_num_threads(threads)

@@ -109,7 +109,7 @@ def compare(
     images = Images(backbone, dataset.paths)
     for name in strategies:  # warm-up, so the first timed fit does not pay one-off costs
         first = [pool[c][0] for c in sorted(pool)]
-        if not create_strategy(name).needs_images:  # fine-tuning is too slow to run twice for this
+        if not create_strategy(name).learns_from_images:  # fine-tuning is too slow to run twice for this
             create_strategy(name).fit(features[first], labels[first], len(dataset.classes))
     scores: dict[tuple[str, int], list[float]] = {}
     times: dict[tuple[str, int], list[float]] = {}

@@ -20,8 +20,7 @@ from fewtune.model.head import Embeddings, Head, check_class_names
 from fewtune.model.openset import DEFAULT_UNKNOWN_LABEL, OpenSet
 from fewtune.progress import Status
 from fewtune.strategies import create_strategy
-from fewtune.strategies.finetune import AUTO_TOP
-from fewtune.strategies.finetuning import LrFind, load_pictures, lr_find, parse_unfreeze
+from fewtune.strategies.finetune import Finetune, LrFind, decision, load_pictures, lr_find, parse_unfreeze
 
 DEFAULT_STRATEGY = "auto"
 
@@ -65,7 +64,7 @@ def train(
         **hyperparameters: passed to the strategy, e.g. ``l2=0.01`` for ``probe``.
     """
     started = time.perf_counter()
-    model = create_strategy(strategy, **hyperparameters)  # bad settings fail before any heavy work
+    learner = create_strategy(strategy, **hyperparameters)  # bad settings fail before any heavy work
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     check_class_names(dataset.classes, unknown_label)
     if not isinstance(backbone, Backbone):
@@ -81,17 +80,13 @@ def train(
     kept_paths = [dataset.paths[i] for i in embedded.kept]
     features = embedded.features
     pretrained, pretrained_support = None, None
-    if getattr(model, "needs_images", False):
-        tuned = model.tune(
-            backbone, kept_paths, labels, features, len(dataset.classes),
-            progress=progress, checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, notify=notify,
-        )  # fmt: skip
-        if tuned is not backbone:
-            pretrained, pretrained_support = backbone, features  # novelty stays on pretrained embeddings
-            backbone, features = (
-                tuned,
-                embed_files(tuned, kept_paths, cache=cache, progress=progress).features,
-            )
+    tuned = learner.adapt(
+        backbone, kept_paths, labels, features, len(dataset.classes),
+        progress=progress, checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, notify=notify,
+    )  # fmt: skip
+    if tuned is not backbone:
+        pretrained, pretrained_support = backbone, features  # novelty stays on pretrained embeddings
+        backbone, features = tuned, embed_files(tuned, kept_paths, cache=cache, progress=progress).features
     summary = {
         "source": str(dataset.source),
         "images": len(kept_paths),
@@ -109,7 +104,7 @@ def train(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     head = Head(
-        strategy=model,
+        strategy=learner,
         classes=list(dataset.classes),
         support=Embeddings(features, features if pretrained_support is None else pretrained_support),
         labels=labels,
@@ -148,13 +143,18 @@ def find_lr(
     weights: str | Path | None = None,
     **config: Any,
 ) -> LrFind:
-    """Learning-rate range test for ``finetune`` on this data (see :func:`fewtune.strategies.finetuning.lr_find`);
-    opens the stages ``unfreeze`` names (``auto``: the ones fine-tuning would open)."""
-    strategy = create_strategy("finetune", **config)
+    """Learning-rate range test for ``finetune`` on this data (see
+    :func:`fewtune.strategies.finetune.lr_finder.lr_find`); opens the stages ``unfreeze`` names
+    (``auto``: the ones fine-tuning would open)."""
+    strategy = create_strategy("finetune", **config)  # a bad setting is a FewtuneError naming its flag
+    assert isinstance(strategy, Finetune)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     if not isinstance(backbone, Backbone):
         backbone = create_backbone(backbone, weights)
     setting = parse_unfreeze(strategy.config.unfreeze)
-    top = {"auto": AUTO_TOP, "none": 0, "all": None}.get(setting, setting)  # type: ignore[arg-type]
+    if isinstance(setting, int):
+        top: int | None = setting
+    else:  # auto: the stages fine-tuning would open; all: None
+        top = {"auto": decision.AUTO_TOP, "none": 0}.get(setting)
     labels = torch.tensor(dataset.labels, dtype=torch.long)
     return lr_find(backbone, load_pictures(dataset.paths), labels, len(dataset.classes), strategy.config, top)

@@ -24,7 +24,7 @@ class Auto(Strategy):
     beat ``prototype`` in every setting measured (600 episodes each: +0.2 points on Caltech-101
     5-way, +0.7 on Omniglot 5-way, +2.0 on Omniglot 20-way; see docs/benchmarks.md).
 
-    With ``finetune`` among the candidates (the default), :meth:`tune` first asks whether tuning
+    With ``finetune`` among the candidates (the default), :meth:`adapt` first asks whether tuning
     the body could pay at all (images unlike ImageNet, or frozen features short of 95% held-out
     accuracy); on everyday photos it does not, and ``auto`` costs what it did without it. Otherwise
     a body is tuned on half of each class and must classify the other half better than frozen
@@ -47,17 +47,25 @@ class Auto(Strategy):
 
         unknown = [c for c in candidates if c not in STRATEGIES or c == self.name]
         if unknown or not candidates:
-            raise ValueError(f"candidates must be among {', '.join(n for n in STRATEGIES if n != self.name)}; got {list(candidates)}")
+            names = ", ".join(n for n in STRATEGIES if n != self.name)
+            raise ValueError(f"candidates must be among {names}; got {list(candidates)}")
         self.candidates = list(candidates)
-        self.chosen: Strategy | None = STRATEGIES[chosen](**(chosen_hyperparameters or {})) if chosen else None
+        self.chosen: Strategy | None = (
+            STRATEGIES[chosen](**(chosen_hyperparameters or {})) if chosen else None
+        )
         self._report: dict[str, Any] = {}
-        self.needs_images = "finetune" in self.candidates  # type: ignore[misc]
         self._tuned: Strategy | None = None  # a Finetune whose tune() kept a tuned body
         self._tuning: dict[str, Any] | None = None  # why the body was (not) tuned
-        if self.chosen is not None and self.chosen.name == "finetune":  # loaded: the body stays tuned on refits
+        if (
+            self.chosen is not None and self.chosen.name == "finetune"
+        ):  # loaded: the body stays tuned on refits
             self._tuned, self._tuning = self.chosen, dict(getattr(self.chosen, "tuning", {}))
 
-    def tune(
+    @property
+    def learns_from_images(self) -> bool:
+        return "finetune" in self.candidates
+
+    def adapt(
         self,
         backbone: Backbone,
         paths: list[Path],
@@ -70,8 +78,12 @@ class Auto(Strategy):
         resume: bool = False,
         notify: Callable[[str], None] | None = None,
     ) -> Backbone:
-        """Tune the body only where held-out evidence says it pays (see the class docstring)."""
+        """Tune the body only where held-out evidence says it pays (see the class docstring);
+        never without ``finetune`` among the candidates."""
         from fewtune.strategies.finetune import Finetune
+
+        if not self.learns_from_images:
+            return backbone
 
         finetune = Finetune()
         tuned = finetune.tune(
@@ -87,10 +99,14 @@ class Auto(Strategy):
 
         check_support(features, labels, num_classes)
         tuning = {"fine-tuning": self._tuning} if self._tuning is not None else {}
-        if self._tuned is not None:  # tune() kept a tuned body: these features come from it
+        if self._tuned is not None:  # adapt() kept a tuned body: these features come from it
             self.chosen = self._tuned
             self.chosen.fit(features, labels, num_classes)
-            self._report = {"chosen": "finetune", "why": self._tuning["why"] if self._tuning else "", **self.chosen.fit_report()}
+            self._report = {
+                "chosen": "finetune",
+                "why": self._tuning["why"] if self._tuning else "",
+                **self.chosen.fit_report(),
+            }
             return
         frozen = [c for c in self.candidates if c != "finetune"] or ["probe"]
         if int(torch.bincount(labels, minlength=num_classes).min()) < 2:
@@ -109,6 +125,7 @@ class Auto(Strategy):
             candidate = STRATEGIES[name]()
             candidate.fit(features, labels, num_classes)
             held_out = candidate.held_out_logits(features, labels, num_classes)
+            assert held_out is not None  # every class has 2+ examples here
             scores[name] = round(float((held_out.argmax(1) == labels).float().mean()), 4)
             fitted[name] = candidate
         best = max(frozen, key=lambda n: scores[n])  # max keeps the first of equals
@@ -129,10 +146,14 @@ class Auto(Strategy):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self._require().logits(features)
 
-    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    def held_out_logits(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> torch.Tensor | None:
         return self._require().held_out_logits(features, labels, num_classes)
 
-    def held_out(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+    def held_out(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         return self._require().held_out(features, labels, num_classes)
 
     @property

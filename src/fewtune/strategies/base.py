@@ -7,26 +7,66 @@ encoder provides the embeddings.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from fewtune.geometry import class_means as class_means
 from fewtune.geometry import normalize as normalize
 
+if TYPE_CHECKING:
+    from fewtune.features.backbones import Backbone
+
 
 class Strategy(abc.ABC):
     """Base of all strategies (after easyfsl's ``FewShotClassifier``, as a real ABC).
 
     Subclasses set ``name``, take their hyperparameters as keyword arguments, and implement
-    :meth:`fit`, :meth:`logits` and the tensor state used to save and load them.
+    :meth:`fit`, :meth:`logits` and the tensor state used to save and load them. A strategy that
+    also learns from the images themselves (``finetune``) overrides :meth:`adapt` and
+    :attr:`learns_from_images`.
     """
 
     name: ClassVar[str]
-    #: True for strategies that also learn from the images themselves (``finetune``): the trainer
-    #: then calls their ``tune(backbone, paths, labels, features, num_classes, ...)`` before
-    #: :meth:`fit`, and embeds the support set again with the backbone it returns.
-    needs_images: ClassVar[bool] = False
+
+    @property
+    def learns_from_images(self) -> bool:
+        """Whether :meth:`adapt` may learn from the support images (and so needs them): a caller
+        that must prepare the images beforehand (a benchmark episode's files, the threads to give
+        a fit) asks this. False here: the default :meth:`adapt` never looks at them."""
+        return False
+
+    def adapt(
+        self,
+        backbone: Backbone,
+        paths: list[Path],
+        labels: torch.Tensor,
+        features: torch.Tensor,
+        num_classes: int,
+        *,
+        progress: bool = False,
+        checkpoint: Path | None = None,
+        resume: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> Backbone:
+        """Learn from the support images themselves, before :meth:`fit`; returns the backbone to
+        embed with from now on. The caller embeds the support set again with it when it is not
+        ``backbone`` (which is never modified).
+
+        This default returns ``backbone`` unchanged: strategies that learn from the images
+        themselves (``finetune`` tunes the body) override it.
+
+        Args:
+            backbone: the backbone ``features`` came from.
+            paths, labels: the support images and their classes (``labels`` in ``[0, num_classes)``);
+                features: their embeddings, (n, dim).
+            progress: show progress bars; notify: called with a one-line message before slow work.
+            checkpoint, resume: a folder to save training progress to, and whether to continue
+                from it.
+        """
+        return backbone
 
     @abc.abstractmethod
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
@@ -59,13 +99,15 @@ class Strategy(abc.ABC):
         """What fitting chose and why (e.g. a cross-validated setting), for config.json and the CLI."""
         return {}
 
-    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    def held_out_logits(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> torch.Tensor | None:
         """Logits of each support example from a copy fitted without it (stratified k-fold, k <= 5),
         for calibration; None when a class has a single example. Subclasses may do it cheaper."""
         counts = torch.bincount(labels, minlength=num_classes)
         if int(counts.min()) < 2:
             return None
-        fold = stratified_folds(labels, num_classes, int(min(5, counts.min())), seed=0)
+        fold = stratified_folds(labels, num_classes, min(5, int(counts.min())), seed=0)
         out = torch.empty(len(labels), num_classes)
         for f in range(int(fold.max()) + 1):
             copy = type(self)(**self.hyperparameters())
@@ -73,7 +115,9 @@ class Strategy(abc.ABC):
             out[fold == f] = copy.logits(features[fold == f]).float()
         return out
 
-    def held_out(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+    def held_out(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         """Predictions of support examples by a model not trained on them, for calibration:
         ``(logits, their labels, how they were made)``, or None when nothing can be held out.
         By default :meth:`held_out_logits` on every example; a strategy that also trains on the
@@ -86,17 +130,20 @@ class Strategy(abc.ABC):
         return self.logits(features).softmax(dim=1)
 
 
-
-
 def check_support(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     """Fail early, with a readable message, on a support set no strategy can use."""
     if features.ndim != 2 or labels.shape != (features.shape[0],):
-        raise ValueError(f"expected features (n, dim) and labels (n,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected features (n, dim) and labels (n,), got {tuple(features.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
     present = torch.bincount(labels, minlength=num_classes)
     if len(present) > num_classes or (present == 0).any():
-        raise ValueError(f"every class in [0, {num_classes}) needs at least one example; counts: {present.tolist()}")
+        raise ValueError(
+            f"every class in [0, {num_classes}) needs at least one example; counts: {present.tolist()}"
+        )
 
 
 def stratified_folds(labels: torch.Tensor, num_classes: int, k: int, seed: int) -> torch.Tensor:

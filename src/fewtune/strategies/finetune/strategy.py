@@ -1,0 +1,266 @@
+"""Fine-tuning: a new head for our classes, trained first alone, then with the top of the body.
+
+The classic transfer-learning pipeline (fastai's ``fine_tune``, the Keras guide), made safe for a
+handful of images. Two levels, so the rest of fewtune still sees embeddings:
+
+- :meth:`Finetune.tune` (images): decides whether the body should move at all, and if so trains
+  its top stages on augmented views with discriminative learning rates, through a cosine head
+  that starts caught up (imprinted from the class prototypes, so step 0 scores like
+  ``prototype``) and learns at 10x the top stage's rate. It returns a tuned copy of the backbone
+  (the caller's is never modified). The mechanics are in the other modules of this package.
+- :meth:`Finetune.fit` (embeddings): the final head, imprinted from the class prototypes of the
+  (tuned or frozen) features, then trained on the cached features (a fraction of a second) when
+  that is more accurate on held-out examples. Adding a class later refits this head from the
+  stored embeddings, without touching the body.
+
+With ``unfreeze="auto"`` the support set decides: the body is tuned only when frozen features
+leave room to gain (:mod:`fewtune.strategies.finetune.decision`), and the head is trained only
+when that is more accurate on held-out examples.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewtune.features.backbones import Backbone
+from fewtune.features.embedding import embed_images
+from fewtune.strategies.base import Strategy, check_support, stratified_folds
+from fewtune.strategies.finetune import decision
+from fewtune.strategies.finetune.config import FinetuneConfig
+from fewtune.strategies.finetune.decision import estimate_tune_seconds
+from fewtune.strategies.finetune.head import CosineHead, choose_head, fit_head
+from fewtune.strategies.finetune.loop import tune_body
+from fewtune.strategies.finetune.views import load_pictures, validation_split
+
+
+class Finetune(Strategy):
+    """Cosine head imprinted from prototypes, optionally on a fine-tuned body.
+
+    Args:
+        **config: any :class:`~fewtune.strategies.finetune.config.FinetuneConfig` field
+            (``unfreeze``, ``epochs``, ``lr``, ``layer_decay``, ``augment``...).
+        head_trained: set when loading a saved classifier (whether :meth:`fit` trained the head).
+        tuning: set when loading: what :meth:`tune` chose, for the record.
+    """
+
+    name = "finetune"
+
+    def __init__(self, head_trained: bool | None = None, tuning: dict[str, Any] | None = None, **config: Any):
+        self.config = FinetuneConfig(**config)
+        self.head_trained = head_trained
+        self.tuning: dict[str, Any] = dict(tuning or {})
+        self.head: CosineHead | None = None
+        self._report: dict[str, Any] = {}
+        #: logits of the images held out of the cross-fitted tune (see :meth:`tune`), for calibration
+        self._cross_fit: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # --- images: the body ----------------------------------------------------------------------
+
+    @property
+    def learns_from_images(self) -> bool:
+        return True
+
+    def adapt(
+        self,
+        backbone: Backbone,
+        paths: list[Path],
+        labels: torch.Tensor,
+        features: torch.Tensor,
+        num_classes: int,
+        *,
+        progress: bool = False,
+        checkpoint: Path | None = None,
+        resume: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> Backbone:
+        """:meth:`tune` as ``--strategy finetune`` does it: the support set decides, without
+        asking the cross-fitted tune to beat frozen features."""
+        return self.tune(
+            backbone, paths, labels, features, num_classes,
+            progress=progress, checkpoint=checkpoint, resume=resume, notify=notify,
+        )  # fmt: skip
+
+    def tune(
+        self,
+        backbone: Backbone,
+        paths: list[Path],
+        labels: torch.Tensor,
+        features: torch.Tensor,
+        num_classes: int,
+        *,
+        progress: bool = False,
+        checkpoint: Path | None = None,
+        resume: bool = False,
+        require_gain: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> Backbone:
+        """Fine-tune the body if it pays, on a copy: returns the backbone to embed with from now on.
+
+        With 2+ images in every class the body is first tuned on half of each class's images and
+        the other half is classified (a cross-fitted tune). Those held-out predictions fit the
+        temperature (see :meth:`held_out`): predictions of the fully tuned model's own support
+        images are near-certain and would teach the calibration nothing. With ``require_gain``
+        (what ``auto`` asks), the body is then tuned on every image only when the cross-fitted
+        tune classified more held-out images right than the better of ``probe`` and ``prototype``
+        fitted on the same half of frozen embeddings.
+
+        Args:
+            paths, labels: the support images and their classes; features: their frozen embeddings.
+            checkpoint, resume: see :func:`fewtune.strategies.finetune.loop.tune_body`.
+            require_gain: keep the pretrained body unless held-out evidence says tuning pays.
+            notify: called with a one-line message before the slow work starts (the time it will take).
+        """
+        check_support(features, labels, num_classes)
+        self._cross_fit = None
+        top, why = self._choose_body(backbone, features, labels, num_classes, require_gain)
+        self.tuning = {
+            "unfreeze": "none" if top == 0 else ("all" if top is None else f"top:{top}"),
+            "why": why,
+        }
+        if top == 0:
+            return backbone
+        can_cross_fit = int(torch.bincount(labels, minlength=num_classes).min()) >= 2
+        if notify is not None:
+            runs = 2 if can_cross_fit else 1
+            seconds = runs * estimate_tune_seconds(backbone, self.config, len(paths))
+            notify(f"fine-tuning: {why}; about {seconds:.0f} s")
+        pictures = load_pictures(paths)
+        if can_cross_fit:
+            evidence = self._cross_fitted_tune(
+                backbone, pictures, labels, features, num_classes, top, progress
+            )
+            self.tuning["cross_fit"] = evidence
+            compared = (
+                f"a body tuned on half of each class classified {evidence['tuned_correct']} of the "
+                f"other {evidence['held_out']} images right, against {evidence['frozen_correct']} "
+                "for frozen features"
+            )
+            if require_gain and evidence["tuned_correct"] <= evidence["frozen_correct"]:
+                self.tuning.update(unfreeze="none", why=f"{why}; but {compared}: kept frozen")
+                self._cross_fit = None
+                return backbone
+            if require_gain:
+                self.tuning["why"] += f"; {compared}"
+        train, validation = validation_split(labels, num_classes, self.config.val_split, self.config.seed)
+        tuned = copy.deepcopy(backbone)
+        result = tune_body(
+            tuned, [pictures[i] for i in train], labels[train], num_classes, self.config, top,
+            checkpoint=checkpoint, resume=resume, progress=progress,
+            validation=([pictures[i] for i in validation], labels[validation]) if len(validation) else None,
+        )  # fmt: skip
+        self.tuning["result"] = result.to_dict()
+        if result.best_epoch == 0:
+            self.tuning["why"] += (
+                "; tuning did not beat the frozen body on the validation images, so it was undone"
+            )
+            self._cross_fit = None
+            return backbone
+        return tuned.with_tuned_body()
+
+    def _cross_fitted_tune(
+        self,
+        backbone: Backbone,
+        pictures: list,
+        labels: torch.Tensor,
+        features: torch.Tensor,
+        num_classes: int,
+        top: int | None,
+        progress: bool,
+    ) -> dict[str, Any]:
+        """Tune a copy on one half of each class, classify the other half with it and with frozen
+        features; keeps the tuned model's held-out logits for calibration."""
+        from fewtune.strategies.probe import Probe
+        from fewtune.strategies.prototype import Prototype
+
+        fold = stratified_folds(labels, num_classes, 2, seed=self.config.seed)
+        train, held = (fold == 0).nonzero().flatten(), (fold == 1).nonzero().flatten()
+        copy_, train_pictures = copy.deepcopy(backbone), [pictures[i] for i in train]
+        tune_body(copy_, train_pictures, labels[train], num_classes, self.config, top, progress=progress)
+        tuned_train = embed_images(copy_, train_pictures)
+        tuned_held = embed_images(copy_, [pictures[i] for i in held])
+        trained, _ = choose_head(tuned_train, labels[train], num_classes, self.config)
+        logits = fit_head(tuned_train, labels[train], num_classes, trained, self.config)(tuned_held).detach()
+        frozen = {}
+        for candidate in (Probe(), Prototype()):
+            candidate.fit(features[train], labels[train], num_classes)
+            frozen[candidate.name] = int((candidate.logits(features[held]).argmax(1) == labels[held]).sum())
+        self._cross_fit = (logits, labels[held])
+        return {
+            "held_out": len(held),
+            "tuned_correct": int((logits.argmax(1) == labels[held]).sum()),
+            "frozen_correct": max(frozen.values()),
+            "frozen_correct_by_strategy": frozen,
+        }
+
+    def _choose_body(
+        self,
+        backbone: Backbone,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        require_gain: bool = False,
+    ) -> tuple[int | None, str]:
+        """How many stages to open (0 = none, None = all), and why: see
+        :func:`~fewtune.strategies.finetune.decision.choose_body`."""
+        return decision.choose_body(self.config, backbone, features, labels, num_classes, require_gain)
+
+    # --- embeddings: the head ------------------------------------------------------------------
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        check_support(features, labels, num_classes)
+        train = self.head_trained
+        why = "as saved"
+        if train is None:
+            train, why = choose_head(features, labels, num_classes, self.config)
+        self.head = fit_head(features, labels, num_classes, train, self.config)
+        self.head_trained = train
+        self.tuning = self.tuning or {
+            "unfreeze": "none",
+            "why": "fitted on embeddings alone, without the images",
+        }
+        self._report = {"body": self.tuning, "head": {"trained": train, "why": why}}
+
+    def held_out(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """When the body was tuned, predictions of the images held out of the cross-fitted tune
+        (the support features themselves were trained on); otherwise the head's own held-out ones."""
+        if self.tuning.get("result") is None:
+            return super().held_out(features, labels, num_classes)
+        if self._cross_fit is not None and self._cross_fit[0].shape[1] == num_classes:
+            logits, truth = self._cross_fit
+            return logits, truth, "predictions of support images held out of a cross-fitted fine-tune"
+        return None  # a tuned body with one example in a class, or classes changed since tuning
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("call fit() first")
+        return self.head(features.float())
+
+    @property
+    def body_tuned(self) -> bool:
+        return self.tuning.get("result") is not None
+
+    def fit_report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        tuning = dict(self.tuning)
+        if "result" in tuning:  # the epoch-by-epoch history is in the fit report; this is for refits
+            tuning["result"] = {k: v for k, v in tuning["result"].items() if k != "history"}
+        return {**asdict(self.config), "head_trained": self.head_trained, "tuning": tuning}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.head is None:
+            raise RuntimeError("call fit() first")
+        return {"weight": self.head.weight.detach(), "scale": self.head.scale.detach().reshape(1)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.head = CosineHead(state["weight"], float(state["scale"][0])).requires_grad_(False)
+        self._report = {"body": self.tuning, "head": {"trained": self.head_trained, "why": "as saved"}}
