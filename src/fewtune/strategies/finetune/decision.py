@@ -11,7 +11,6 @@ read when a decision is made, so a test or an experiment can change them here.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
@@ -114,13 +113,13 @@ def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, num_cla
 
 def imagenet_familiarity(backbone: Backbone, features: torch.Tensor) -> float | None:
     """Mean top-1 probability the backbone's ImageNet classifier gives the images (from their
-    pooled features), or None when the network has no classifier."""
-    network: Any = backbone.model  # a timm network: nn.Module does not declare get_classifier
-    classifier = network.get_classifier()
-    if not isinstance(classifier, torch.nn.Linear) or classifier.in_features != features.shape[1]:
+    pooled features), or None when the network has no classifier. Needs no network build when
+    the classifier is remembered (see :meth:`Backbone.imagenet_classifier`)."""
+    classifier = backbone.imagenet_classifier()
+    if classifier is None or classifier[0].shape[1] != features.shape[1]:
         return None
-    with torch.no_grad():
-        return float(classifier(features.float()).softmax(1).max(1).values.mean())
+    weight, bias = classifier
+    return float((features.float() @ weight.T + bias).softmax(1).max(1).values.mean())
 
 
 def estimate_tune_seconds(backbone: Backbone, config: FinetuneConfig, images: int) -> float:
