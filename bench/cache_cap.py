@@ -22,7 +22,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=1280)
-    parser.add_argument("--batch", type=int, default=500, help="rows per put (one training run's new embeddings)")
+    parser.add_argument(
+        "--batch", type=int, default=500, help="rows per put (one training run's new embeddings)"
+    )
     parser.add_argument("--cap-mb", type=float, default=50)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -31,7 +33,9 @@ def main() -> None:
         keys = [f"{i:064x}" for i in range(args.rows)]
         put_seconds = []
         for start in range(0, args.rows, args.batch):
-            batch = {k: rng.standard_normal(args.dim).astype(np.float32) for k in keys[start : start + args.batch]}
+            batch = {
+                k: rng.standard_normal(args.dim).astype(np.float32) for k in keys[start : start + args.batch]
+            }
             began = time.perf_counter()
             cache.put_many(batch)
             put_seconds.append(time.perf_counter() - began)
@@ -48,9 +52,17 @@ def main() -> None:
         kept = len(cache.get_many(keys))
         cache.close()
         size = sum(p.stat().st_size for p in Path(folder).iterdir())
-    print(f"rows written {args.rows} x {args.dim * 4 / 1024:.0f} KB in batches of {args.batch}, cap {args.cap_mb:g} MB")
-    print(f"put: median {1000 * np.median(put_seconds):.1f} ms, max {1000 * max(put_seconds):.1f} ms per batch")
-    print(f"get 2000 recent rows: {1000 * timings[True]:.1f} ms recording their use, {1000 * timings[False]:.1f} ms without; {len(hits)} hits")
+    print(
+        f"rows written {args.rows} x {args.dim * 4 / 1024:.0f} KB in batches of {args.batch}, cap "
+        f"{args.cap_mb:g} MB"
+    )
+    print(
+        f"put: median {1000 * np.median(put_seconds):.1f} ms, max {1000 * max(put_seconds):.1f} ms per batch"
+    )
+    print(
+        f"get 2000 recent rows: {1000 * timings[True]:.1f} ms recording their use, "
+        f"{1000 * timings[False]:.1f} ms without; {len(hits)} hits"
+    )
     print(f"rows kept {kept}, on disk {size / 1024 / 1024:.1f} MB")
 
 

@@ -29,10 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--classes", default="5,20,60,150")
     parser.add_argument("--shots", default="1,5,20,50", help="examples per class")
     parser.add_argument("--strategies", default="prototype,probe,auto")
-    parser.add_argument("--omniglot", type=Path, help="Omniglot folder: real cached features where the setting fits")
+    parser.add_argument(
+        "--omniglot", type=Path, help="Omniglot folder: real cached features where the setting fits"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/cost.json"))
     parser.add_argument("--plot", type=Path, help="write a plot of fit CPU seconds against support examples")
-    parser.add_argument("--render", action="store_true", help="only print the table (and plot) of the --out file")
+    parser.add_argument(
+        "--render", action="store_true", help="only print the table (and plot) of the --out file"
+    )
     return parser.parse_args(argv)
 
 
@@ -43,7 +47,9 @@ def synthetic(classes: int, shots: int, seed: int = 0) -> tuple[torch.Tensor, to
     return centres[labels] + 1.5 * torch.rand(len(labels), DIM, generator=generator).pow(3), labels
 
 
-def real(features: torch.Tensor, all_labels: torch.Tensor, classes: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]:
+def real(
+    features: torch.Tensor, all_labels: torch.Tensor, classes: int, shots: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [(all_labels == c).nonzero().flatten()[:shots] for c in range(classes)]
     return features[torch.cat(rows)], torch.arange(classes).repeat_interleave(shots)
 
@@ -73,10 +79,13 @@ def measure(name: str, features: torch.Tensor, labels: torch.Tensor, classes: in
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     report = strategy.fit_report()
     return {
-        "strategy": name, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+        "strategy": name,
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "peak_mb": round(max(0, _status("VmHWM") - before) / 2**20, 1),
-        "chosen": report.get("chosen"), "l2": report.get("l2"),
-    }  # fmt: skip
+        "chosen": report.get("chosen"),
+        "l2": report.get("l2"),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -106,8 +115,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else:
                 (features, labels), source = synthetic(classes, shots), "synthetic"
             for name in args.strategies.split(","):
-                row = {"classes": classes, "shots": shots, "examples": len(labels), "features": source,
-                       **measure(name, features, labels, classes)}  # fmt: skip
+                row = {
+                    "classes": classes,
+                    "shots": shots,
+                    "examples": len(labels),
+                    "features": source,
+                    **measure(name, features, labels, classes),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 args.out.write_text(json.dumps(rows, indent=1) + "\n")
@@ -120,13 +134,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     names = list(dict.fromkeys(r["strategy"] for r in rows))
-    header = "| classes × examples | features | " + " | ".join(f"{n}: CPU s (wall s) / MB" for n in names) + " |"
+    header = (
+        "| classes × examples | features | " + " | ".join(f"{n}: CPU s (wall s) / MB" for n in names) + " |"
+    )
     lines = [header, "|---|---|" + "---:|" * len(names)]
     for key in dict.fromkeys((r["classes"], r["shots"]) for r in rows):
         cells = {r["strategy"]: r for r in rows if (r["classes"], r["shots"]) == key}
         source = next(iter(cells.values()))["features"]
         values = [
-            f"{cells[n]['cpu_seconds']:.2f} ({cells[n]['seconds']:.1f}) / {cells[n]['peak_mb']:.0f}" if n in cells else "–" for n in names
+            f"{cells[n]['cpu_seconds']:.2f} ({cells[n]['seconds']:.1f}) / {cells[n]['peak_mb']:.0f}"
+            if n in cells
+            else "–"
+            for n in names
         ]
         lines.append(f"| {key[0]} × {key[1]} | {source} | " + " | ".join(values) + " |")
     return "\n".join(lines)
@@ -142,7 +161,11 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True)
     for ax, name in zip(axes if len(names) > 1 else [axes], names):
         for classes in sorted({r["classes"] for r in rows}):
-            points = sorted((r["examples"], max(r["cpu_seconds"], 1e-3)) for r in rows if r["strategy"] == name and r["classes"] == classes)
+            points = sorted(
+                (r["examples"], max(r["cpu_seconds"], 1e-3))
+                for r in rows
+                if r["strategy"] == name and r["classes"] == classes
+            )
             ax.plot(*zip(*points), marker="o", label=f"{classes} classes")
         ax.set(title=name, xlabel="support examples (classes × per class)", xscale="log", yscale="log")
         ax.grid(True, which="both", alpha=0.3)

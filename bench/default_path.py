@@ -31,11 +31,20 @@ import numpy as np
 import torch
 
 import fewtune
-from fewtune.model.calibration import expected_calibration_error
 from fewtune.data.dataset import Dataset
 from fewtune.evaluate.episodes import mean_ci95, sample_episodes
+from fewtune.model.calibration import expected_calibration_error
 
-METRICS = ("closed_acc", "open_acc", "known_rejected", "unknown_rejected", "auroc", "ece_t1", "ece", "seconds")
+METRICS = (
+    "closed_acc",
+    "open_acc",
+    "known_rejected",
+    "unknown_rejected",
+    "auroc",
+    "ece_t1",
+    "ece",
+    "seconds",
+)
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -45,7 +54,9 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-def run_episode(dataset: Dataset, episode, way: int, strategy: str, backbone) -> tuple[dict[str, float], tuple]:
+def run_episode(
+    dataset: Dataset, episode, way: int, strategy: str, backbone
+) -> tuple[dict[str, float], tuple]:
     names = [dataset.classes[c] for c in episode.classes]
     known = [i for i in episode.support if dataset.labels[i] in episode.classes[:way]]
     support = Dataset(
@@ -64,7 +75,9 @@ def run_episode(dataset: Dataset, episode, way: int, strategy: str, backbone) ->
     answers = np.array([names[:way].index(p.label) if not p.is_unknown else -1 for p in predictions])
     nearest = np.array([names[:way].index(p.nearest) for p in predictions])
     novelty = np.array([p.novelty for p in predictions])
-    probabilities = torch.tensor([list(p.probabilities.values()) for p in predictions])[torch.from_numpy(is_known)]
+    probabilities = torch.tensor([list(p.probabilities.values()) for p in predictions])[
+        torch.from_numpy(is_known)
+    ]
     batch, _ = classifier.embed([q for q, k in zip(queries, is_known) if k])
     raw = classifier.head.probabilities(batch.features, temperature=1.0)
     known_truth = torch.from_numpy(truth[is_known])
@@ -106,9 +119,18 @@ def main() -> None:
             episodes = sample_episodes(dataset.labels, 2 * way, shot, args.queries, args.episodes, args.seed)
             for strategy in args.strategies.split(","):
                 started = time.perf_counter()
-                results, pooled = zip(*(run_episode(dataset, e, way, strategy, backbone) for e in episodes), strict=True)
-                row = {"dataset": data.name, "way": way, "shot": shot, "queries": args.queries, "strategy": strategy,
-                       "episodes": len(results), "seed": args.seed}  # fmt: skip
+                results, pooled = zip(
+                    *(run_episode(dataset, e, way, strategy, backbone) for e in episodes), strict=True
+                )
+                row = {
+                    "dataset": data.name,
+                    "way": way,
+                    "shot": shot,
+                    "queries": args.queries,
+                    "strategy": strategy,
+                    "episodes": len(results),
+                    "seed": args.seed,
+                }
                 for key in METRICS:
                     mean, ci = mean_ci95([r[key] * (1 if key == "seconds" else 100) for r in results])
                     row[key], row[key + "_ci95"] = round(mean, 2), round(ci, 2)
@@ -119,7 +141,11 @@ def main() -> None:
                     probabilities = torch.cat([p[column] for p in pooled])
                     row[key] = round(100 * expected_calibration_error(probabilities, truth), 2)
                 row["wall_seconds"] = round(time.perf_counter() - started, 1)
-                rows = [r for r in rows if (r["dataset"], r["way"], r["shot"], r["strategy"]) != (data.name, way, shot, strategy)]
+                rows = [
+                    r
+                    for r in rows
+                    if (r["dataset"], r["way"], r["shot"], r["strategy"]) != (data.name, way, shot, strategy)
+                ]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,12 +155,17 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     """Markdown: the default path (auto, open set on) beside every strategy's closed-set accuracy."""
-    print("\n| data | setting | strategy | closed-set acc. | **default answer (open set)** | known → unknown | never-taught → unknown | AUROC | ECE T=1 → fitted | episodes |")
+    print(
+        "\n| data | setting | strategy | closed-set acc. | **default answer (open set)** | known → unknown "
+        "| never-taught → unknown | AUROC | ECE T=1 → fitted | episodes |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['dataset']} | {r['way']}w{r['shot']}s | {r['strategy']} | {r['closed_acc']:.1f} ± {r['closed_acc_ci95']:.1f} "
-            f"| {r['open_acc']:.1f} ± {r['open_acc_ci95']:.1f} | {r['known_rejected']:.1f} | {r['unknown_rejected']:.1f} "
+            f"| {r['dataset']} | {r['way']}w{r['shot']}s | {r['strategy']} | {r['closed_acc']:.1f} ± "
+            f"{r['closed_acc_ci95']:.1f} "
+            f"| {r['open_acc']:.1f} ± {r['open_acc_ci95']:.1f} | {r['known_rejected']:.1f} | "
+            f"{r['unknown_rejected']:.1f} "
             f"| {r['auroc']:.1f} | {r['ece_t1']:.1f} → {r['ece']:.1f} | {r['episodes']} |"
         )
 

@@ -23,8 +23,8 @@ import torch
 
 import fewtune
 from fewtune.data.dataset import Dataset
-from fewtune.features.embedding import build_transform, embed_files
 from fewtune.data.images import load
+from fewtune.features.embedding import build_transform, embed_files
 
 
 def subset(root: Path, images: int, classes: int) -> Dataset:
@@ -37,7 +37,9 @@ def subset(root: Path, images: int, classes: int) -> Dataset:
         if label < classes and taken[label] < per_class:
             taken[label] += 1
             keep.append(i)
-    return Dataset([full.paths[i] for i in keep], [full.labels[i] for i in keep], full.classes[:classes], root)
+    return Dataset(
+        [full.paths[i] for i in keep], [full.labels[i] for i in keep], full.classes[:classes], root
+    )
 
 
 def plain_forward(model: torch.nn.Module, tensors: torch.Tensor, batch_size: int) -> float:
@@ -50,7 +52,9 @@ def plain_forward(model: torch.nn.Module, tensors: torch.Tensor, batch_size: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="folder with one subfolder per class")
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--classes", type=int, default=10)
@@ -64,7 +68,9 @@ def main() -> None:
     transform = build_transform(backbone.preprocessing)
     tensors = torch.stack([transform(load(p)) for p in data.paths])
     n = len(data.paths)
-    timm_model = copy.deepcopy(backbone.model).to(memory_format=torch.contiguous_format)  # timm's default layout
+    timm_model = copy.deepcopy(backbone.model).to(
+        memory_format=torch.contiguous_format
+    )  # timm's default layout
 
     plain_forward(timm_model, tensors[: args.batch_size], args.batch_size)  # warm-up, both paths
     embed_files(backbone, data.paths[: args.batch_size], cache=False)

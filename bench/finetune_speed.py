@@ -181,8 +181,20 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in VARIANTS:
         runs = []
         for _ in range(args.repeats):
-            command = [sys.executable, __file__, "--data", str(args.data), "--way", str(args.way),
-                       "--shot", str(args.shot), "--seed", str(args.seed), "--variant", variant]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--data",
+                str(args.data),
+                "--way",
+                str(args.way),
+                "--shot",
+                str(args.shot),
+                "--seed",
+                str(args.seed),
+                "--variant",
+                variant,
+            ]
             done = subprocess.run(command, check=True, capture_output=True, text=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         runs.sort(key=lambda r: r["seconds"])

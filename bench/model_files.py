@@ -21,12 +21,16 @@ from pathlib import Path
 
 
 def fewtune(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fewtune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fewtune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def classes(model: Path) -> list[str] | None:
     """The model's classes as `fewtune info --json` reads them, or None if it can't."""
-    run = subprocess.run([sys.executable, "-m", "fewtune", "info", str(model), "--json"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "fewtune", "info", str(model), "--json"], capture_output=True, text=True
+    )
     return json.loads(run.stdout)["classes"] if run.returncode == 0 else None
 
 
@@ -43,7 +47,9 @@ def main() -> None:
             (train / name).mkdir(parents=True)
             for src in sorted((args.data / name).iterdir())[:5]:
                 shutil.copy(src, train / name / src.name)
-        extra = sorted(p for p in args.data.iterdir() if p.is_dir() and p.name not in ("Faces", "Leopards", "Motorbikes"))
+        extra = sorted(
+            p for p in args.data.iterdir() if p.is_dir() and p.name not in ("Faces", "Leopards", "Motorbikes")
+        )
         model = work / "m.fewtune"
         run = fewtune("train", str(train), "-o", str(model), "--strategy", "prototype", "-q")
         assert run.wait() == 0, run.stderr.read()
@@ -55,7 +61,10 @@ def main() -> None:
             shutil.rmtree(model)
             shutil.copytree(pristine, model)
             a, b = extra[2 * pair], extra[2 * pair + 1]
-            runs = [fewtune("add", str(model), str(sorted(c.iterdir())[0]), "--label", c.name, "-q") for c in (a, b)]
+            runs = [
+                fewtune("add", str(model), str(sorted(c.iterdir())[0]), "--label", c.name, "-q")
+                for c in (a, b)
+            ]
             codes = [r.wait() for r in runs]
             found = classes(model) or []
             lost += sum(c.name not in found for c in (a, b))
@@ -65,7 +74,7 @@ def main() -> None:
 
         clf = library.load(model)
         saves, loads = [], []
-        for i in range(10):
+        for _ in range(10):
             started = time.perf_counter()
             clf.save(work / "timing.fewtune")
             saves.append(time.perf_counter() - started)

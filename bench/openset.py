@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 import fewtune
-from fewtune.model.calibration import expected_calibration_error
-from fewtune.model.head import Embeddings, Head
 from fewtune.evaluate.episodes import mean_ci95, sample_episodes
 from fewtune.features.embedding import embed_files
+from fewtune.model.calibration import expected_calibration_error
+from fewtune.model.head import Embeddings, Head
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -64,7 +64,9 @@ def run_episode(backbone, features, labels, episode, known: int, strategy: str) 
         "closed_set_known_acc": float(correct.sum() / is_known.sum()),
         "calibrated_known_accepted": float((novelty[is_known] <= threshold).mean()),
         "calibrated_unknown_rejected": float((novelty[~is_known] > threshold).mean()),
-        "calibrated_open_set_acc": float(((correct & (novelty <= threshold)) | (~is_known & (novelty > threshold))).mean()),
+        "calibrated_open_set_acc": float(
+            ((correct & (novelty <= threshold)) | (~is_known & (novelty > threshold))).mean()
+        ),
         "ece_before": expected_calibration_error(raw[torch.from_numpy(is_known)], known_labels),
         "ece_after": expected_calibration_error(probabilities[torch.from_numpy(is_known)], known_labels),
     }
@@ -88,12 +90,23 @@ def main() -> None:
     features = embed_files(backbone, dataset.paths, progress=True).features
     rows = []
     for shot in [int(s) for s in args.shots.split(",")]:
-        episodes = sample_episodes(dataset.labels, args.known + args.unknown, shot, args.queries, args.episodes, args.seed)
+        episodes = sample_episodes(
+            dataset.labels, args.known + args.unknown, shot, args.queries, args.episodes, args.seed
+        )
         for strategy in args.strategies.split(","):
             started = time.perf_counter()
-            results = [run_episode(backbone, features, dataset.labels, e, args.known, strategy) for e in episodes]
-            row = {"dataset": args.data.name, "strategy": strategy, "known": args.known, "unknown": args.unknown,
-                   "shot": shot, "queries": args.queries, "episodes": len(episodes)}  # fmt: skip
+            results = [
+                run_episode(backbone, features, dataset.labels, e, args.known, strategy) for e in episodes
+            ]
+            row = {
+                "dataset": args.data.name,
+                "strategy": strategy,
+                "known": args.known,
+                "unknown": args.unknown,
+                "shot": shot,
+                "queries": args.queries,
+                "episodes": len(episodes),
+            }
             for key in results[0]:
                 mean, ci = mean_ci95([100 * r[key] for r in results])
                 row[key], row[f"{key}_ci95"] = round(mean, 2), round(ci, 2)
@@ -102,12 +115,24 @@ def main() -> None:
             print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    keys = ["auroc", "known_acc_at_95_unknown_recall", "closed_set_known_acc", "calibrated_known_accepted",
-            "calibrated_unknown_rejected", "calibrated_open_set_acc", "ece_before", "ece_after"]  # fmt: skip
+    keys = [
+        "auroc",
+        "known_acc_at_95_unknown_recall",
+        "closed_set_known_acc",
+        "calibrated_known_accepted",
+        "calibrated_unknown_rejected",
+        "calibrated_open_set_acc",
+        "ece_before",
+        "ece_after",
+    ]
     print("\n| strategy | shot | " + " | ".join(keys) + " |")
     print("|---|---|" + "---|" * len(keys))
     for row in rows:
-        print(f"| {row['strategy']} | {row['shot']} | " + " | ".join(f"{row[k]:.1f} ± {row[k + '_ci95']:.1f}" for k in keys) + " |")
+        print(
+            f"| {row['strategy']} | {row['shot']} | "
+            + " | ".join(f"{row[k]:.1f} ± {row[k + '_ci95']:.1f}" for k in keys)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -80,16 +80,27 @@ def fastai_accuracy(dataset, episode, weights: Path, epochs: int) -> tuple[float
     support, query = episode.local_labels(dataset.labels)
     fnames = [dataset.paths[i] for i in episode.support]
     dls = ImageDataLoaders.from_lists(
-        dataset.source, fnames, [str(y) for y in support], valid_pct=0.0, seed=0,
-        item_tfms=Resize(256), batch_tfms=aug_transforms(size=224), bs=min(64, len(fnames)), num_workers=0,
-    )  # fmt: skip
-    learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+        dataset.source,
+        fnames,
+        [str(y) for y in support],
+        valid_pct=0.0,
+        seed=0,
+        item_tfms=Resize(256),
+        batch_tfms=aug_transforms(size=224),
+        bs=min(64, len(fnames)),
+        num_workers=0,
+    )
+    learn = vision_learner(
+        dls, "tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"file": str(weights)}
+    )
     started = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(epochs)
     fitted = time.perf_counter()
     with learn.no_bar():
-        probabilities, _ = learn.get_preds(dl=dls.test_dl([dataset.paths[i] for i in episode.query], num_workers=0))
+        probabilities, _ = learn.get_preds(
+            dl=dls.test_dl([dataset.paths[i] for i in episode.query], num_workers=0)
+        )
     predicted = [int(dls.vocab[i]) for i in probabilities.argmax(1).tolist()]
     done = time.perf_counter()
     return float(np.mean(np.array(predicted) == np.array(query))), fitted - started, done - fitted
@@ -101,7 +112,8 @@ def transductive(method: str) -> bool:
 
 
 def require_bench_extra() -> None:
-    """Stop at once, saying what to install, when a peer library is missing (not after minutes of embedding)."""
+    """Stop at once, saying what to install, when a peer library is missing (not after minutes
+    of embedding)."""
     missing = []
     for module in ("easyfsl", "sklearn", "fastai"):
         try:
@@ -111,7 +123,10 @@ def require_bench_extra() -> None:
         if not found:
             missing.append(module)
     if missing:
-        sys.exit(f"bench/peers.py compares against {', '.join(missing)}: install them with pip install -e \".[bench]\"")
+        sys.exit(
+            f"bench/peers.py compares against {', '.join(missing)}: install them with pip install -e "
+            '".[bench]"'
+        )
 
 
 def main() -> None:
@@ -123,11 +138,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes-file", type=Path, help="run on these episodes (one data folder only)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/peers.json"))
-    parser.add_argument("--finetune-episodes", type=int, default=20, help="episodes (the first ones) for the fine-tuning methods")
+    parser.add_argument(
+        "--finetune-episodes",
+        type=int,
+        default=20,
+        help="episodes (the first ones) for the fine-tuning methods",
+    )
     parser.add_argument("--fastai-epochs", type=int, default=10, help="fastai fine_tune(EPOCHS)")
-    parser.add_argument("--settings", default="5x1,5x5,20x1", help="WAYxSHOT list; 20-way runs on omniglot only")
-    parser.add_argument("--skip", default="", help="comma-separated method names to leave out (e.g. 'fastai fine_tune')")
-    parser.add_argument("--no-speed", action="store_true", help="leave out the speed and memory rows (bench/systems.py)")
+    parser.add_argument(
+        "--settings", default="5x1,5x5,20x1", help="WAYxSHOT list; 20-way runs on omniglot only"
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated method names to leave out (e.g. 'fastai fine_tune')"
+    )
+    parser.add_argument(
+        "--no-speed", action="store_true", help="leave out the speed and memory rows (bench/systems.py)"
+    )
     args = parser.parse_args()
     skip = {m.strip() for m in args.skip.split(",") if m.strip()}
     weights = timm_weights_file(fewtune.create_backbone(), Path(tempfile.mkdtemp(prefix="fewtune-peers-")))
@@ -143,33 +169,64 @@ def main() -> None:
         else:
             plan = [tuple(map(int, x.split("x"))) for x in args.settings.split(",")]
             plan = [(w, k) for w, k in plan if w <= 5 or folder.name == "omniglot"]
-            settings = [s for way, shot in plan for s in sample_settings(dataset, [way], [shot], args.queries, args.episodes, args.seed)]
+            settings = [
+                s
+                for way, shot in plan
+                for s in sample_settings(dataset, [way], [shot], args.queries, args.episodes, args.seed)
+            ]
             suffix = "" if args.out.stem == "peers" else f"-{args.out.stem}"
             save_episodes(args.out.with_name(f"episodes-{folder.name}{suffix}.json"), dataset, settings)
         for setting in settings:
-            methods = [(f"fewtune {n}", lambda e, n=n: episode_accuracy(n, features, dataset.labels, e)) for n in FEWTUNE]
-            methods += [(f"easyfsl {n}", lambda e, n=n: easyfsl_accuracy(n, features, dataset.labels, e)) for n in EASYFSL]
-            methods += [("sklearn LogisticRegression", lambda e: sklearn_accuracy(features, dataset.labels, e))]
+            methods = [
+                (f"fewtune {n}", lambda e, n=n: episode_accuracy(n, features, dataset.labels, e))
+                for n in FEWTUNE
+            ]
+            methods += [
+                (f"easyfsl {n}", lambda e, n=n: easyfsl_accuracy(n, features, dataset.labels, e))
+                for n in EASYFSL
+            ]
+            methods += [
+                ("sklearn LogisticRegression", lambda e: sklearn_accuracy(features, dataset.labels, e))
+            ]
             images = Images(backbone, dataset.paths)
-            tuning = [("fewtune finetune", lambda e: episode_accuracy("finetune", features, dataset.labels, e, images))]
-            tuning += [("fastai fine_tune", lambda e: fastai_accuracy(dataset, e, weights, args.fastai_epochs))]
+            tuning = [
+                (
+                    "fewtune finetune",
+                    lambda e: episode_accuracy("finetune", features, dataset.labels, e, images),
+                )
+            ]
+            tuning += [
+                ("fastai fine_tune", lambda e: fastai_accuracy(dataset, e, weights, args.fastai_epochs))
+            ]
             for name, accuracy in [(n, a) for n, a in methods + tuning if n not in skip]:
                 fine_tuning = name in dict(tuning)
                 episodes = setting.episodes[: args.finetune_episodes] if fine_tuning else setting.episodes
-                torch.set_num_threads(threads if fine_tuning else 1)  # tiny per-episode problems: see run_setting
+                torch.set_num_threads(
+                    threads if fine_tuning else 1
+                )  # tiny per-episode problems: see run_setting
                 started = time.perf_counter()
                 results = [accuracy(e) for e in episodes]
                 extra = {}
                 if isinstance(results[0], tuple):  # (accuracy, fit seconds, predict seconds)
-                    extra = {"fit_seconds": round(sum(r[1] for r in results), 1), "predict_seconds": round(sum(r[2] for r in results), 1)}
+                    extra = {
+                        "fit_seconds": round(sum(r[1] for r in results), 1),
+                        "predict_seconds": round(sum(r[2] for r in results), 1),
+                    }
                     results = [r[0] for r in results]
                 mean, ci = mean_ci95(results)
                 row = {
-                    "dataset": folder.name, "method": name, "transductive": transductive(name),
-                    "way": setting.way, "shot": setting.shot, "queries": setting.queries, "episodes": len(episodes),
-                    "mean": round(100 * mean, 2), "ci95": round(100 * ci, 2), "seconds": round(time.perf_counter() - started, 1),
+                    "dataset": folder.name,
+                    "method": name,
+                    "transductive": transductive(name),
+                    "way": setting.way,
+                    "shot": setting.shot,
+                    "queries": setting.queries,
+                    "episodes": len(episodes),
+                    "mean": round(100 * mean, 2),
+                    "ci95": round(100 * ci, 2),
+                    "seconds": round(time.perf_counter() - started, 1),
                     **extra,
-                }  # fmt: skip
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +251,14 @@ def markdown(rows: list[dict]) -> str:
                 cells.append("–")
                 continue
             r = found[0]
-            cells.append(f"{r['mean']:.2f} ± {r['ci95']:.2f}" + (f" ({r['episodes']} ep., {r['seconds'] / r['episodes']:.0f} s/ep.)" if r["episodes"] < max_episodes else ""))
+            cells.append(
+                f"{r['mean']:.2f} ± {r['ci95']:.2f}"
+                + (
+                    f" ({r['episodes']} ep., {r['seconds'] / r['episodes']:.0f} s/ep.)"
+                    if r["episodes"] < max_episodes
+                    else ""
+                )
+            )
         mark = " (transductive)" if rows[[r["method"] for r in rows].index(method)]["transductive"] else ""
         lines.append(f"| {method}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

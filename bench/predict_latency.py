@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import fewtune
-    from fewtune.features.embedding import build_transform
     from fewtune.data.images import load
+    from fewtune.features.embedding import build_transform
 
     classifier = fewtune.load(args.model)
     photos = [sorted(p.iterdir())[-1] for p in sorted(args.photos.iterdir()) if p.is_dir()][: args.images + 1]
@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
             classifier.predict([fresh])
             ours.append(time.perf_counter() - start)
     ours, bare = ours[1:], bare[1:]  # the first of each warms up
-    result = {"images": len(ours), "predict_p50_ms": round(1000 * statistics.median(ours), 1),
-              "forward_p50_ms": round(1000 * statistics.median(bare), 1)}  # fmt: skip
+    result = {
+        "images": len(ours),
+        "predict_p50_ms": round(1000 * statistics.median(ours), 1),
+        "forward_p50_ms": round(1000 * statistics.median(bare), 1),
+    }
     result["ratio"] = round(result["predict_p50_ms"] / result["forward_p50_ms"], 2)
     print(json.dumps(result))
     return result

@@ -5,7 +5,8 @@ concurrent edits and saves. Reports normal requests served, failures, latency pe
 500s and the server's peak RSS. Not a test.
 
     python bench/serve_load.py --clients 8 --seconds 30
-    python bench/serve_load.py --clients 4 --seconds 20 --hostile   # issue 13's goal: 0 failed, 0 x 500, < 1.5 GB
+    # issue 13's goal: 0 failed, 0 x 500, < 1.5 GB
+    python bench/serve_load.py --clients 4 --seconds 20 --hostile
 """
 
 from __future__ import annotations
@@ -90,15 +91,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the clients send requests")
-    parser.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=True, help="mix hostile traffic in")
-    parser.add_argument("--attacks", default="huge,chunked,slow,origin,edits,saves", help="which hostile kinds to mix in (comma-separated)")
+    parser.add_argument(
+        "--hostile", action=argparse.BooleanOptionalAction, default=True, help="mix hostile traffic in"
+    )
+    parser.add_argument(
+        "--attacks",
+        default="huge,chunked,slow,origin,edits,saves",
+        help="which hostile kinds to mix in (comma-separated)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/serve_load.json"))
     args = parser.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     models = tempfile.mkdtemp()
-    server = subprocess.Popen([sys.executable, "-m", "fewtune", "serve", "--port", str(port), "--models-dir", models])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fewtune", "serve", "--port", str(port), "--models-dir", models]
+    )
     tally = Tally()
     try:
         for _ in range(200):
@@ -109,7 +118,11 @@ def main() -> None:
                 time.sleep(0.3)
         photos = {c: sorted((demo_photos() / c).iterdir()) for c in ("strawberry", "scissors", "cup")}
         for name, files in photos.items():  # teach three classes, one photo each
-            httpx.post(f"{url}/classes/{name}/examples", files={"file": (files[0].name, files[0].read_bytes(), "image/jpeg")}, timeout=60)
+            httpx.post(
+                f"{url}/classes/{name}/examples",
+                files={"file": (files[0].name, files[0].read_bytes(), "image/jpeg")},
+                timeout=60,
+            )
         queries = [p.read_bytes() for files in photos.values() for p in files[1:]]
         huge = huge_images() if args.hostile else {}
         idle_rss = peak_rss(server.pid)
@@ -121,8 +134,14 @@ def main() -> None:
                 while time.monotonic() < stop:
                     started = time.perf_counter()
                     try:
-                        response = http.post(f"{url}/predict", files={"file": ("q.jpg", queries[i % len(queries)], "image/jpeg")})
-                        ok, what = response.status_code == 200, f"{response.status_code} {response.text[:200]}"
+                        response = http.post(
+                            f"{url}/predict",
+                            files={"file": ("q.jpg", queries[i % len(queries)], "image/jpeg")},
+                        )
+                        ok, what = (
+                            response.status_code == 200,
+                            f"{response.status_code} {response.text[:200]}",
+                        )
                         if response.status_code >= 500:
                             tally.attack("normal", "500", "/predict")
                     except httpx.HTTPError as exc:
@@ -163,7 +182,9 @@ def main() -> None:
         "normal_served": len(tally.latencies),
         "normal_failed": len(tally.failures),
         "requests_per_s": round(len(tally.latencies) / elapsed, 2),
-        "latency_ms": {q: round(float(np.percentile(ms, int(q[1:]))), 1) for q in ("p50", "p95", "p99")} if len(ms) else {},
+        "latency_ms": {q: round(float(np.percentile(ms, int(q[1:]))), 1) for q in ("p50", "p95", "p99")}
+        if len(ms)
+        else {},
         "http_500": sum(tally.server_errors.values()),
         "http_500_by_endpoint": dict(tally.server_errors),
         "hostile_outcomes": {kind: dict(counts) for kind, counts in sorted(tally.hostile.items())},
@@ -178,7 +199,10 @@ def main() -> None:
 
 def huge_images() -> dict[str, tuple[str, bytes]]:
     return {
-        "png16_9400": ("huge16.png", big_png(9400, 9400, 16, 0, 1)),  # 177 MB decoded, just under the bomb guard
+        "png16_9400": (
+            "huge16.png",
+            big_png(9400, 9400, 16, 0, 1),
+        ),  # 177 MB decoded, just under the bomb guard
         "rgba_8200": ("rgba.png", big_png(8200, 8200, 8, 6, 4)),  # 269 MB decoded: over the decode cap
         "jpeg_8000x6000": ("big.jpg", big_jpeg(8000, 6000)),  # reduced-scale JPEG decode
     }
@@ -195,7 +219,9 @@ def attack(url: str, port: int, stop: float, photo: bytes, huge: dict, kinds: se
     results.put((tally.hostile, tally.server_errors))
 
 
-def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes, huge: dict, kinds: set[str]) -> list[threading.Thread]:
+def hostile_threads(
+    url: str, port: int, stop: float, tally: Tally, photo: bytes, huge: dict, kinds: set[str]
+) -> list[threading.Thread]:
     """One thread per kind of attack, each looping until ``stop``."""
 
     def loop(fn) -> threading.Thread:
@@ -210,7 +236,9 @@ def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes
         return threading.Thread(target=run, daemon=True)
 
     def record(kind: str, response: httpx.Response | Exception, endpoint: str) -> None:
-        outcome = str(response.status_code) if isinstance(response, httpx.Response) else type(response).__name__
+        outcome = (
+            str(response.status_code) if isinstance(response, httpx.Response) else type(response).__name__
+        )
         tally.attack(kind, outcome, endpoint)
 
     def huge_image(kind: str):
@@ -218,7 +246,11 @@ def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes
 
         def send(http: httpx.Client) -> None:
             try:
-                record(f"huge:{kind}", http.post(f"{url}/predict", files={"file": (name, data, "image/png")}), "/predict")
+                record(
+                    f"huge:{kind}",
+                    http.post(f"{url}/predict", files={"file": (name, data, "image/png")}),
+                    "/predict",
+                )
             except httpx.HTTPError as exc:
                 record(f"huge:{kind}", exc, "/predict")
 
@@ -233,7 +265,9 @@ def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes
                 yield b"x" * (1 << 20)
 
         try:
-            response = http.post(f"{url}/predict", content=body(), headers={"content-type": "application/json"})
+            response = http.post(
+                f"{url}/predict", content=body(), headers={"content-type": "application/json"}
+            )
             record("chunked_64mb", response, "/predict")
         except httpx.HTTPError as exc:  # the server may close while we are still sending: also a refusal
             record("chunked_64mb", exc, "/predict")
@@ -257,19 +291,34 @@ def hostile_threads(url: str, port: int, stop: float, tally: Tally, photo: bytes
 
     def cross_origin(http: httpx.Client) -> None:
         evil = {"Origin": "http://evil.example"}
-        record("cross_origin_write", http.post(f"{url}/classes/csrf/examples", files={"file": ("a.jpg", photo, "image/jpeg")}, headers=evil), "/classes")
+        record(
+            "cross_origin_write",
+            http.post(
+                f"{url}/classes/csrf/examples", files={"file": ("a.jpg", photo, "image/jpeg")}, headers=evil
+            ),
+            "/classes",
+        )
         record("rebinding_host", http.get(f"{url}/classes", headers={"Host": "attacker.example"}), "/classes")
         time.sleep(0.2)
 
     def edits(http: httpx.Client) -> None:
-        record("edit:add", http.post(f"{url}/classes/extra/examples", files={"file": ("e.jpg", photo, "image/jpeg")}), "/classes/{label}/examples")
+        record(
+            "edit:add",
+            http.post(f"{url}/classes/extra/examples", files={"file": ("e.jpg", photo, "image/jpeg")}),
+            "/classes/{label}/examples",
+        )
         record("edit:delete", http.delete(f"{url}/classes/extra"), "/classes/{label}")
 
     def saves(http: httpx.Client) -> None:
         record("save:same_name", http.post(f"{url}/models/save?name=same"), "/models/save")
 
     attacks = {
-        "huge": [huge_image("png16_9400"), huge_image("png16_9400"), huge_image("rgba_8200"), huge_image("jpeg_8000x6000")],
+        "huge": [
+            huge_image("png16_9400"),
+            huge_image("png16_9400"),
+            huge_image("rgba_8200"),
+            huge_image("jpeg_8000x6000"),
+        ],
         "chunked": [oversized_chunked],
         "slow": [slow_body, slow_body, slow_body],
         "origin": [cross_origin],

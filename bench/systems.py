@@ -27,19 +27,34 @@ import tempfile
 import time
 from pathlib import Path
 
-SYSTEMS = ("fewtune prototype", "fewtune probe", "fewtune finetune", "easyfsl PrototypicalNetworks",
-           "sklearn LogisticRegression", "fastai fine_tune")  # fmt: skip
+SYSTEMS = (
+    "fewtune prototype",
+    "fewtune probe",
+    "fewtune finetune",
+    "easyfsl PrototypicalNetworks",
+    "sklearn LogisticRegression",
+    "fastai fine_tune",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0, help="picks the task")
-    parser.add_argument("--predictions", type=int, default=30, help="single-image predictions timed per system (different images)")
-    parser.add_argument("--extraction-images", type=int, default=160, help="images for the extraction throughput")
+    parser.add_argument(
+        "--predictions",
+        type=int,
+        default=30,
+        help="single-image predictions timed per system (different images)",
+    )
+    parser.add_argument(
+        "--extraction-images", type=int, default=160, help="images for the extraction throughput"
+    )
     parser.add_argument("--skip", default="", help="comma-separated systems to leave out")
     parser.add_argument("--system", help=argparse.SUPPRESS)  # internal: measure one system in this process
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)  # internal: the timm-layout weights file
+    parser.add_argument(
+        "--weights", type=Path, help=argparse.SUPPRESS
+    )  # internal: the timm-layout weights file
     parser.add_argument("--out", type=Path, default=Path("bench/results/systems.json"))
     return parser.parse_args(argv)
 
@@ -65,7 +80,12 @@ class TimmFeatures:
         import torch
 
         self.torch = torch
-        self.model = timm.create_model("tf_efficientnet_lite0", pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)})
+        self.model = timm.create_model(
+            "tf_efficientnet_lite0",
+            pretrained=True,
+            num_classes=0,
+            pretrained_cfg_overlay={"file": str(weights)},
+        )
         self.model.eval()
         self.transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=self.model))
 
@@ -79,7 +99,9 @@ class TimmFeatures:
             return self.model(self.tensors(paths))
 
 
-def build(system: str, support: list[Path], labels: list[int], names: list[str], dataset, weights: Path, state: dict):
+def build(
+    system: str, support: list[Path], labels: list[int], names: list[str], dataset, weights: Path, state: dict
+):
     """Build ``system``'s classifier from the support files; returns ``predict(path) -> label``.
     ``state`` carries what a user would keep in memory between the cold and the warm call."""
     tool, method = system.split(" ", 1)
@@ -114,17 +136,28 @@ def build(system: str, support: list[Path], labels: list[int], names: list[str],
         if "timm" not in state:
             state["timm"] = TimmFeatures(weights)
         features = state["timm"]
-        model = LogisticRegression(max_iter=1000).fit(torch.nn.functional.normalize(features(support)).numpy(), labels)
+        model = LogisticRegression(max_iter=1000).fit(
+            torch.nn.functional.normalize(features(support)).numpy(), labels
+        )
         return lambda path: int(model.predict(torch.nn.functional.normalize(features([path])).numpy())[0])
     if tool == "fastai":
         from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms, set_seed, vision_learner
 
         set_seed(0)
         dls = ImageDataLoaders.from_lists(
-            dataset.source, support, [str(y) for y in labels], valid_pct=0.0, seed=0,
-            item_tfms=Resize(256), batch_tfms=aug_transforms(size=224), bs=len(support), num_workers=0,
-        )  # fmt: skip
-        learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+            dataset.source,
+            support,
+            [str(y) for y in labels],
+            valid_pct=0.0,
+            seed=0,
+            item_tfms=Resize(256),
+            batch_tfms=aug_transforms(size=224),
+            bs=len(support),
+            num_workers=0,
+        )
+        learn = vision_learner(
+            dls, "tf_efficientnet_lite0", pretrained=True, pretrained_cfg_overlay={"file": str(weights)}
+        )
         with learn.no_bar(), learn.no_logging():
             learn.fine_tune(10)
 
@@ -157,11 +190,15 @@ def measure(args: argparse.Namespace) -> dict:
         latencies.append(time.perf_counter() - started)
     latencies.sort()
     return {
-        "system": args.system, "cold_s": round(seconds[0], 2), "warm_s": round(seconds[1], 3),
+        "system": args.system,
+        "cold_s": round(seconds[0], 2),
+        "warm_s": round(seconds[1], 3),
         "predict_p50_ms": round(1000 * statistics.median(latencies), 1),
-        "predict_p95_ms": round(1000 * latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 1),
+        "predict_p95_ms": round(
+            1000 * latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))], 1
+        ),
         "peak_rss_mb": peak_rss_mb(),
-    }  # fmt: skip
+    }
 
 
 def peak_rss_mb() -> int:
@@ -178,15 +215,17 @@ def extraction(args: argparse.Namespace) -> dict:
     import torch
 
     import fewtune
-    from fewtune.features.embedding import build_transform, embed_files
     from fewtune.data.images import load
+    from fewtune.features.embedding import build_transform, embed_files
 
     dataset = fewtune.load_dataset(args.data)
     paths = dataset.paths[:: max(1, len(dataset.paths) // args.extraction_images)][: args.extraction_images]
     backbone = fewtune.create_backbone()
     transform = build_transform(backbone.preprocessing)
     tensors = torch.stack([transform(load(p)) for p in paths])
-    timm_model = __import__("copy").deepcopy(backbone.model).to(memory_format=torch.contiguous_format)  # timm's default layout
+    timm_model = (
+        __import__("copy").deepcopy(backbone.model).to(memory_format=torch.contiguous_format)
+    )  # timm's default layout
 
     def timm_forward() -> None:
         with torch.inference_mode():
@@ -216,15 +255,33 @@ def main(argv: list[str] | None = None) -> None:
         return
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     sys.path.insert(0, str(Path(__file__).parent))
-    import fewtune
     from peers import timm_weights_file
 
+    import fewtune
+
     weights = timm_weights_file(fewtune.create_backbone(), Path(tempfile.mkdtemp(prefix="fewtune-systems-")))
-    result = {"data": args.data.name, "task": f"5-way 5-shot, episode seed {args.seed}", "extraction": extraction(args), "systems": []}
+    result = {
+        "data": args.data.name,
+        "task": f"5-way 5-shot, episode seed {args.seed}",
+        "extraction": extraction(args),
+        "systems": [],
+    }
     print(json.dumps(result["extraction"]), flush=True)
     for system in [s for s in SYSTEMS if s not in skip]:
-        command = [sys.executable, __file__, "--data", str(args.data), "--seed", str(args.seed),
-                   "--predictions", str(args.predictions), "--weights", str(weights), "--system", system]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--data",
+            str(args.data),
+            "--seed",
+            str(args.seed),
+            "--predictions",
+            str(args.predictions),
+            "--weights",
+            str(weights),
+            "--system",
+            system,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{system} failed:\n{done.stderr[-3000:]}")
@@ -237,9 +294,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| system | 5×5 classifier, cold (s) | warm (s) | predict one image p50 / p95 (ms) | peak RSS (MB) |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| system | 5×5 classifier, cold (s) | warm (s) | predict one image p50 / p95 (ms) | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in result["systems"]:
-        lines.append(f"| {r['system']} | {r['cold_s']:.2f} | {r['warm_s']:.3f} | {r['predict_p50_ms']:.0f} / {r['predict_p95_ms']:.0f} | {r['peak_rss_mb']} |")
+        lines.append(
+            f"| {r['system']} | {r['cold_s']:.2f} | {r['warm_s']:.3f} | {r['predict_p50_ms']:.0f} / "
+            f"{r['predict_p95_ms']:.0f} | {r['peak_rss_mb']} |"
+        )
     return "\n".join(lines)
 
 

@@ -27,8 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", default="10,30,60")
     parser.add_argument("--images", type=int, default=20, help="per class")
     parser.add_argument("--strategies", default="prototype,probe,auto")
-    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src", help="fewtune sources to time")
-    parser.add_argument("--skip", default="", help="comma-separated CLASSES:STRATEGY pairs not to run (e.g. 60:probe)")
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "src",
+        help="fewtune sources to time",
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated CLASSES:STRATEGY pairs not to run (e.g. 60:probe)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -41,15 +48,31 @@ def main(argv: list[str] | None = None) -> None:
                 (root / folder.name).mkdir(parents=True)
                 for image in sorted(folder.iterdir())[: args.images]:
                     (root / folder.name / image.name).symlink_to(image.resolve())
-            command = [sys.executable, "-m", "fewtune", "train", str(root), "-o", str(Path(scratch) / "model")]
-            subprocess.run([*command, "--strategy", "prototype"], env=env, check=True, capture_output=True)  # fill the cache
+            command = [
+                sys.executable,
+                "-m",
+                "fewtune",
+                "train",
+                str(root),
+                "-o",
+                str(Path(scratch) / "model"),
+            ]
+            subprocess.run(
+                [*command, "--strategy", "prototype"], env=env, check=True, capture_output=True
+            )  # fill the cache
             for strategy in args.strategies.split(","):
                 if f"{classes}:{strategy}" in skip:
                     continue
                 start, cpu = time.perf_counter(), _children_cpu()
                 subprocess.run([*command, "--strategy", strategy], env=env, check=True, capture_output=True)
                 wall, cpu = round(time.perf_counter() - start, 2), round(_children_cpu() - cpu, 2)
-                row = {"classes": classes, "images": args.images, "strategy": strategy, "wall_s": wall, "cpu_s": cpu}
+                row = {
+                    "classes": classes,
+                    "images": args.images,
+                    "strategy": strategy,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.out:

@@ -7,7 +7,8 @@ so each episode is scored twice: with its 15 queries a class ("balanced"), and w
 subset of them ("lopsided": each class keeps 1 to 15 of its queries, in proportions drawn from a
 flat Dirichlet, seeded). Same episodes as ``bench/peers.py`` with the same seed; frozen features.
 
-    python bench/transductive.py --data ../shared/data/caltech101 ../shared/data/omniglot --episodes 300 --seed 1
+    python bench/transductive.py --data ../shared/data/caltech101 ../shared/data/omniglot \
+        --episodes 300 --seed 1
 
 ``fewtune probe+transductive`` is what `fewtune predict --transductive` does on a `probe` model;
 ``prototype:transductive=true`` the same on a `prototype` one.
@@ -29,9 +30,17 @@ from fewtune.evaluate.benchmark import episode_accuracy
 from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
 from fewtune.features.embedding import embed_files
 
-METHODS = ["fewtune prototype", "fewtune probe", "fewtune prototype:transductive=true", "fewtune probe+transductive",
-           "fewtune prototype:transductive=proportions", "fewtune prototype:transductive=balanced",
-           "easyfsl BDCSPN", "easyfsl TIM", "easyfsl PTMAP"]  # fmt: skip
+METHODS = [
+    "fewtune prototype",
+    "fewtune probe",
+    "fewtune prototype:transductive=true",
+    "fewtune probe+transductive",
+    "fewtune prototype:transductive=proportions",
+    "fewtune prototype:transductive=balanced",
+    "easyfsl BDCSPN",
+    "easyfsl TIM",
+    "easyfsl PTMAP",
+]
 
 
 def lopsided(episode: Episode, labels: list[int], rng: np.random.Generator) -> Episode:
@@ -41,7 +50,9 @@ def lopsided(episode: Episode, labels: list[int], rng: np.random.Generator) -> E
     per_class = len(episode.query) // way
     shares = rng.dirichlet(np.ones(way))
     keep = np.maximum(1, np.round(per_class * shares / shares.max())).astype(int)
-    query = [i for c in range(way) for i in [q for q, y in zip(episode.query, query_labels) if y == c][: keep[c]]]
+    query = [
+        i for c in range(way) for i in [q for q, y in zip(episode.query, query_labels) if y == c][: keep[c]]
+    ]
     return Episode(episode.classes, episode.support, query)
 
 
@@ -93,9 +104,17 @@ def main() -> None:
                     else:
                         scores = [easyfsl_accuracy(name, features, dataset.labels, e) for e in chosen]
                     mean, ci = mean_ci95(scores)
-                    row = {"dataset": folder.name, "way": args.way, "shot": shot, "queries": regime, "method": method,
-                           "episodes": len(chosen), "mean": round(100 * mean, 2), "ci95": round(100 * ci, 2),
-                           "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+                    row = {
+                        "dataset": folder.name,
+                        "way": args.way,
+                        "shot": shot,
+                        "queries": regime,
+                        "method": method,
+                        "episodes": len(chosen),
+                        "mean": round(100 * mean, 2),
+                        "ci95": round(100 * ci, 2),
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +124,10 @@ def main() -> None:
 
 def markdown(rows: list[dict]) -> str:
     columns = list(dict.fromkeys((r["dataset"], r["shot"], r["queries"]) for r in rows))
-    lines = ["| method | " + " | ".join(f"{d} {k}-shot, {q}" for d, k, q in columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines = [
+        "| method | " + " | ".join(f"{d} {k}-shot, {q}" for d, k, q in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for method in dict.fromkeys(r["method"] for r in rows):
         found = {(r["dataset"], r["shot"], r["queries"]): r for r in rows if r["method"] == method}
         cells = [f"{found[c]['mean']:.2f} ± {found[c]['ci95']:.2f}" if c in found else "–" for c in columns]

@@ -14,8 +14,16 @@ from fewtune.app.demo import demo_photos
 
 CHROMIUM = Path(os.environ.get("FEWTUNE_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("FEWTUNE_CHROMEDRIVER", "/usr/bin/chromedriver"))
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1200,1600"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1600",
+]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -58,7 +66,10 @@ def real_backbone() -> fewtune.Backbone:
 def make_image(path: Path, colour: tuple[int, int, int], size=(48, 40), noise_seed: int = 0) -> Path:
     """A small solid-colour picture with a little noise, so files differ in content."""
     generator = torch.Generator().manual_seed(noise_seed)
-    pixels = (torch.tensor(colour).view(1, 1, 3) + torch.randint(-20, 20, (size[1], size[0], 3), generator=generator)).clamp(0, 255)
+    pixels = (
+        torch.tensor(colour).view(1, 1, 3)
+        + torch.randint(-20, 20, (size[1], size[0], 3), generator=generator)
+    ).clamp(0, 255)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels.to(torch.uint8).numpy()).save(path)
     return path
@@ -100,7 +111,10 @@ def browser(tmp_path):
     if os.environ.get("FEWTUNE_BROWSER_MISSING"):
         pytest.skip(os.environ["FEWTUNE_BROWSER_MISSING"])
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.fail("this test needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver (.ci/run does)")
+        pytest.fail(
+            "this test needs Debian's chromium and chromium-driver: apt-get install -y chromium "
+            "chromium-driver (.ci/run does)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

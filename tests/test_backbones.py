@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import fewtune
-from fewtune.features import backbones
 from fewtune.app.demo import demo_photos
-from fewtune.errors import FewtuneError
-from fewtune.features.embedding import build_transform
 from fewtune.data.images import load
+from fewtune.errors import FewtuneError
+from fewtune.features import backbones
+from fewtune.features.embedding import build_transform
 
 STRAWBERRY = 949  # ImageNet class index
 
@@ -25,9 +25,13 @@ def test_packaged_weights_are_imagenet_pretrained(real_backbone):
 def test_default_backbone_uses_timms_preprocessing(real_backbone):
     assert real_backbone.timm_name == "tf_efficientnet_lite0"
     assert real_backbone.preprocessing == {
-        "input_size": [3, 224, 224], "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
-        "crop_pct": 0.875, "crop_mode": "center",
-    }  # fmt: skip
+        "input_size": [3, 224, 224],
+        "interpolation": "bicubic",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+    }
     assert real_backbone.dim == 1280
 
 
@@ -52,7 +56,9 @@ def test_lukemelas_keys_map_exactly_onto_timm():
 
 
 def test_unknown_backbone_lists_the_valid_ones():
-    with pytest.raises(FewtuneError, match="unknown backbone 'nope': use one of efficientnet_lite0, efficientnet_lite1"):
+    with pytest.raises(
+        FewtuneError, match="unknown backbone 'nope': use one of efficientnet_lite0, efficientnet_lite1"
+    ):
         fewtune.create_backbone("nope")
 
 
@@ -103,12 +109,19 @@ def test_pth_files_load_without_running_code(tmp_path):
 
 
 def test_a_known_weights_file_is_not_read_again(tiny_weights):
-    """The second creation takes hash, preprocessing and size from the memo; the network waits for first use."""
+    """The second creation takes hash, preprocessing and size from the memo; the network waits
+    for first use."""
     first = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
     again = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
     assert not again.built
-    assert (again.fingerprint, again.dim, again.preprocessing) == (first.fingerprint, first.dim, first.preprocessing)
-    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+    assert (again.fingerprint, again.dim, again.preprocessing) == (
+        first.fingerprint,
+        first.dim,
+        first.preprocessing,
+    )
+    images = torch.rand(
+        2, 3, 64, 64, generator=torch.Generator().manual_seed(0)
+    )  # leaves the global RNG alone
     assert torch.allclose(again.embed(images), first.embed(images), atol=1e-6) and again.built
 
 
@@ -122,4 +135,6 @@ def test_a_changed_weights_file_is_hashed_again(tmp_path, tiny_weights):
     state["conv_stem.weight"] = state["conv_stem.weight"] + 1
     save_file(state, path)
     after = fewtune.create_backbone("test_efficientnet", weights=path)
-    assert after.built and after.weights_sha256 != before.weights_sha256 == backbones.sha256_file(tiny_weights)
+    assert after.built and after.weights_sha256 != before.weights_sha256 == backbones.sha256_file(
+        tiny_weights
+    )

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import COLOURS, make_image
+from PIL import Image
 from test_cli import run as run_cli
 
 RED = COLOURS["red"]
@@ -64,7 +63,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
     """A 100-byte PNG that declares 900 Mpx: decoding it would take gigabytes."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def black_16_bit_png(width: int, height: int) -> bytes:
@@ -105,8 +109,15 @@ def write_corpus(root: Path) -> dict[str, dict[str, Path]]:
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     valid["animated.gif"] = (buffer.getvalue(), frames[0].convert("RGB"))  # the first frame is the picture
-    big = Image.fromarray(np.tile(np.linspace(0, 65535, 2400).astype(np.uint16), (1800, 1)))  # huge-but-legal 16-bit
-    valid["big16.png"] = (_png(big), Image.fromarray(np.tile(np.linspace(0, 255, 2400).round().astype(np.uint8), (1800, 1))).convert("RGB"))
+    big = Image.fromarray(
+        np.tile(np.linspace(0, 65535, 2400).astype(np.uint16), (1800, 1))
+    )  # huge-but-legal 16-bit
+    valid["big16.png"] = (
+        _png(big),
+        Image.fromarray(np.tile(np.linspace(0, 255, 2400).round().astype(np.uint8), (1800, 1))).convert(
+            "RGB"
+        ),
+    )
 
     noise = Image.effect_noise((200, 200), 60).convert("RGB")
     rng = random.Random(0)
@@ -129,7 +140,11 @@ def write_corpus(root: Path) -> dict[str, dict[str, Path]]:
     for name, data in bad.items():
         (root / name).write_bytes(data)
         broken[name] = root / name
-    special = {"loop.jpg": root / "loop.jpg", "dangling.jpg": root / "dangling.jpg", "dir.jpg": root / "dir.jpg"}
+    special = {
+        "loop.jpg": root / "loop.jpg",
+        "dangling.jpg": root / "dangling.jpg",
+        "dir.jpg": root / "dir.jpg",
+    }
     os.symlink("loop.jpg", special["loop.jpg"])
     os.symlink("nowhere.png", special["dangling.jpg"])
     special["dir.jpg"].mkdir()
@@ -203,7 +218,9 @@ def test_valid_variants_decode_to_their_twin(corpus):
         expected = np.asarray(Image.open(corpus["twins"][name]).convert("RGB"), dtype=np.int16)
         assert decoded.shape == expected.shape, name
         if name.endswith(".jpg"):
-            assert np.abs(decoded - expected).mean() < 4, name  # JPEG is lossy; inverted CMYK would be ~150 off
+            assert np.abs(decoded - expected).mean() < 4, (
+                name
+            )  # JPEG is lossy; inverted CMYK would be ~150 off
         else:
             assert np.abs(decoded - expected).max() <= 1, name  # 16-bit rescaling may round by one
 
@@ -221,7 +238,10 @@ def test_predict_each_valid_variant_answers_as_its_twin(capsys, corpus, model):
             assert variant["probabilities"][label] == pytest.approx(p, abs=0.02), variant["path"]
 
 
-@pytest.mark.parametrize("name", ["corrupt.jpg", "truncated.jpg", "truncated.png", "zero.png", "random.png", "text.jpg", "bomb.png"])
+@pytest.mark.parametrize(
+    "name",
+    ["corrupt.jpg", "truncated.jpg", "truncated.png", "zero.png", "random.png", "text.jpg", "bomb.png"],
+)
 def test_predict_a_bad_file_is_one_line_naming_it(capsys, corpus, model, name):
     path = corpus["bad"][name]
     code, out, err = run(capsys, "predict", model, path, "-q")
@@ -229,7 +249,15 @@ def test_predict_a_bad_file_is_one_line_naming_it(capsys, corpus, model, name):
     assert out == ""
 
 
-@pytest.mark.parametrize("name, kind", [("loop.jpg", "a symlink loop"), ("dangling.jpg", "a broken link"), ("fifo.jpg", "a FIFO"), ("socket.png", "a socket")])
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("loop.jpg", "a symlink loop"),
+        ("dangling.jpg", "a broken link"),
+        ("fifo.jpg", "a FIFO"),
+        ("socket.png", "a socket"),
+    ],
+)
 def test_predict_a_special_entry_named_outright_says_what_it_is(capsys, corpus, model, name, kind):
     if name not in corpus["special"]:
         pytest.skip(f"this system can't make {kind}")
@@ -239,7 +267,12 @@ def test_predict_a_special_entry_named_outright_says_what_it_is(capsys, corpus, 
 
 def _python(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     """This checkout's fewtune in a fresh interpreter, with a deadline."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -260,7 +293,12 @@ def test_predict_the_whole_corpus_skips_and_counts_never_hangs(corpus, model, tm
 
 def _training_folder(corpus, tmp_path: Path) -> Path:
     data = tmp_path / "data"
-    shutil.copytree(corpus["root"], data / "red", symlinks=True, ignore=lambda d, names: [n for n in names if n in ("fifo.jpg", "socket.png")])
+    shutil.copytree(
+        corpus["root"],
+        data / "red",
+        symlinks=True,
+        ignore=lambda d, names: [n for n in names if n in ("fifo.jpg", "socket.png")],
+    )
     for name in ("fifo.jpg",):
         if name in corpus["special"]:
             os.mkfifo(data / "red" / name)
@@ -271,7 +309,18 @@ def _training_folder(corpus, tmp_path: Path) -> Path:
 
 def test_train_on_the_corpus_stops_at_a_bad_file_naming_it(capsys, corpus, tmp_path, tiny_flags):
     data = _training_folder(corpus, tmp_path)
-    code, _, err = run(capsys, "train", data, "-o", tmp_path / "m", "--strategy", "prototype", "--no-cache", "-q", *tiny_flags)
+    code, _, err = run(
+        capsys,
+        "train",
+        data,
+        "-o",
+        tmp_path / "m",
+        "--strategy",
+        "prototype",
+        "--no-cache",
+        "-q",
+        *tiny_flags,
+    )
     one_line_error(code, err, "more bad files")
     assert any(str(data / "red" / name) in err for name in corpus["bad"]), err
     assert not (tmp_path / "m").exists()
@@ -279,7 +328,18 @@ def test_train_on_the_corpus_stops_at_a_bad_file_naming_it(capsys, corpus, tmp_p
 
 def test_train_with_skip_bad_lists_bad_files_and_counts_special_entries(capsys, corpus, tmp_path, tiny_flags):
     data = _training_folder(corpus, tmp_path)
-    code, _, err = run(capsys, "train", data, "-o", tmp_path / "m", "--strategy", "prototype", "--no-cache", "--skip-bad", *tiny_flags)
+    code, _, err = run(
+        capsys,
+        "train",
+        data,
+        "-o",
+        tmp_path / "m",
+        "--strategy",
+        "prototype",
+        "--no-cache",
+        "--skip-bad",
+        *tiny_flags,
+    )
     assert code == 0, err
     assert f"examples per class: blue 3, red {len(corpus['valid'])}" in err
     for name in corpus["bad"]:
@@ -290,12 +350,14 @@ def test_train_with_skip_bad_lists_bad_files_and_counts_special_entries(capsys, 
 
 def test_csv_row_naming_a_folder_says_so(capsys, corpus, tmp_path, tiny_flags):
     listing = tmp_path / "list.csv"
-    listing.write_text(f"path,label\n{corpus['twins']['alpha.png']},red\n{corpus['special']['dir.jpg']},blue\n")
+    listing.write_text(
+        f"path,label\n{corpus['twins']['alpha.png']},red\n{corpus['special']['dir.jpg']},blue\n"
+    )
     code, _, err = run(capsys, "train", listing, "-o", tmp_path / "m", *tiny_flags)
     one_line_error(code, err, "line 3", str(corpus["special"]["dir.jpg"]), "is a folder, not an image")
 
 
-# ---------------------------------------------------------------- where the model goes: checked before training
+# ------------------------------------------------------ where the model goes: checked before training
 
 
 def _unwritable(tmp_path: Path) -> Path:
@@ -310,7 +372,9 @@ def _unwritable(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("where", ["root", "unwritable", "file", "foreign folder"])
-def test_output_that_cannot_take_a_model_fails_before_training(capsys, monkeypatch, colour_data, tmp_path, tiny_flags, where):
+def test_output_that_cannot_take_a_model_fails_before_training(
+    capsys, monkeypatch, colour_data, tmp_path, tiny_flags, where
+):
     import fewtune.model.training
 
     target = {
@@ -323,7 +387,9 @@ def test_output_that_cannot_take_a_model_fails_before_training(capsys, monkeypat
         target.write_text("keep me")
     if where == "foreign folder":
         make_image(target / "keep.png", RED)
-    monkeypatch.setattr(fewtune.model.training, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
+    monkeypatch.setattr(
+        fewtune.model.training, "train", lambda *a, **k: pytest.fail("trained before checking the output")
+    )
     code, _, err = run(capsys, "train", colour_data, "-o", target, *tiny_flags)
     one_line_error(code, err, str(target))
     if where == "file":
@@ -335,7 +401,9 @@ def test_output_that_cannot_take_a_model_fails_before_training(capsys, monkeypat
 # ---------------------------------------------------------------- add
 
 
-@pytest.mark.parametrize("name", ["corrupt.jpg", "truncated.png", "zero.png", "bomb.png", "loop.jpg", "fifo.jpg"])
+@pytest.mark.parametrize(
+    "name", ["corrupt.jpg", "truncated.png", "zero.png", "bomb.png", "loop.jpg", "fifo.jpg"]
+)
 def test_add_a_bad_file_names_it_and_leaves_the_model_unchanged(capsys, corpus, model, tmp_path, name):
     path = {**corpus["bad"], **corpus["special"]}.get(name)
     if path is None:
@@ -395,7 +463,7 @@ def _set(path: str, value):
         ("predict", _set("calibration.temperature", -1), "temperature"),
         ("predict", _set("classes", ["a", "b", "c", "d", "e"]), "classes"),
     ],
-)  # fmt: skip
+)
 def test_tampered_config(capsys, corpus, model, tmp_path, command, edit, key):
     tampered = _tampered(model, tmp_path, edit)
     argv = [command, tampered] + ([corpus["twins"]["alpha.png"], "-q"] if command == "predict" else [])
@@ -420,12 +488,14 @@ def test_config_that_is_not_json_is_one_line(capsys, model, tmp_path):
 def client(model, tiny_weights, tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from fewtune.model.classifier import load
     from fewtune.app.server import ServerConfig, create_app
+    from fewtune.model.classifier import load
 
     config = ServerConfig(models_dir=tmp_path_factory.mktemp("served"), max_image_bytes=20_000_000)
     classifier = load(model)
-    with TestClient(create_app(classifier.backbone, classifier, config), base_url="http://127.0.0.1:8000") as client:
+    with TestClient(
+        create_app(classifier.backbone, classifier, config), base_url="http://127.0.0.1:8000"
+    ) as client:
         yield client
 
 
@@ -441,7 +511,10 @@ def test_api_valid_variants_answer_as_their_twin(client, corpus):
         assert variant["path"] == name and variant["label"] == twin["label"], name
 
 
-@pytest.mark.parametrize("name", ["corrupt.jpg", "truncated.jpg", "truncated.png", "zero.png", "random.png", "text.jpg", "bomb.png"])
+@pytest.mark.parametrize(
+    "name",
+    ["corrupt.jpg", "truncated.jpg", "truncated.png", "zero.png", "random.png", "text.jpg", "bomb.png"],
+)
 def test_api_bad_file_is_a_4xx_naming_it(client, corpus, name):
     before = client.get("/classes").json()
     for url in ("/predict", "/classes/new/examples"):
@@ -468,7 +541,8 @@ def kib(field):
 
 data = Path({str(data)!r}).read_bytes()
 backbone = fewtune.create_backbone("test_efficientnet", weights={str(tiny_weights)!r})
-with TestClient(create_app(backbone, config=ServerConfig(models_dir={str(tmp_path)!r})), base_url="http://127.0.0.1:8000") as client:
+app = create_app(backbone, config=ServerConfig(models_dir={str(tmp_path)!r}))
+with TestClient(app, base_url="http://127.0.0.1:8000") as client:
     client.get("/healthz")
     with open("/proc/self/clear_refs", "w") as reset:
         reset.write("5")  # the peak RSS starts again from now: startup's peak must not hide the decode's

@@ -13,11 +13,31 @@ def test_benchmark_json_and_episode_round_trip(capsys, tmp_path, tiny_weights):
             make_image(data / f"class{c}" / f"{i}.png", colour, noise_seed=10 * c + i)
     flags = ["--backbone", "test_efficientnet", "--weights", tiny_weights, "-q"]
     episodes = tmp_path / "episodes.json"
-    code, out, err = run(capsys, "benchmark", data, "--way", "3", "--shot", "1,2", "--queries", "2", "--episodes", "5",
-                         "--save-episodes", episodes, "--json", *flags)  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "benchmark",
+        data,
+        "--way",
+        "3",
+        "--shot",
+        "1,2",
+        "--queries",
+        "2",
+        "--episodes",
+        "5",
+        "--save-episodes",
+        episodes,
+        "--json",
+        *flags,
+    )
     assert code == 0, err
     rows = json.loads(out)
-    assert [(r["strategy"], r["shot"]) for r in rows] == [("prototype", 1), ("probe", 1), ("prototype", 2), ("probe", 2)]
+    assert [(r["strategy"], r["shot"]) for r in rows] == [
+        ("prototype", 1),
+        ("probe", 1),
+        ("prototype", 2),
+        ("probe", 2),
+    ]
     assert set(rows[0]) == {"strategy", "way", "shot", "queries", "episodes", "mean", "ci95", "seconds"}
     assert all(r["episodes"] == 5 and 0 <= r["mean"] <= 100 for r in rows)
 

@@ -25,9 +25,20 @@ def free_port() -> int:
 def server(tmp_path):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "fewtune", "serve", "--port", str(port), "--models-dir", str(tmp_path / "models")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fewtune",
+            "serve",
+            "--port",
+            str(port),
+            "--models-dir",
+            str(tmp_path / "models"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -56,7 +67,9 @@ def test_teach_two_classes_from_one_photo_each_and_classify_a_third(server, brow
         browser.find_element(By.ID, "new-label").send_keys(name)
         browser.find_element(By.ID, "new-files").send_keys(str(sorted((demo_photos() / name).iterdir())[0]))
         browser.find_element(By.ID, "add-button").click()
-        wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, f'#classes .class[data-label="{name}"]')))
+        wait.until(
+            seen.presence_of_element_located((By.CSS_SELECTOR, f'#classes .class[data-label="{name}"]'))
+        )
 
     unseen = sorted((demo_photos() / "scissors").iterdir())[5]
     browser.find_element(By.ID, "test-files").send_keys(str(unseen))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import fewtune.features.cache
-from fewtune.features.cache import DEFAULT_MAX_MB, FeatureCache, max_cache_bytes
 from fewtune.app.cli import main
 from fewtune.errors import FewtuneError
+from fewtune.features.cache import DEFAULT_MAX_MB, FeatureCache, max_cache_bytes
 
 DIM = 1024  # 4 KB a row
 
@@ -30,7 +30,9 @@ def clock(monkeypatch):
 
 def live_bytes(cache: FeatureCache) -> int:
     db = cache._db
-    page_size, pages, free = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count", "freelist_count"))
+    page_size, pages, free = (
+        db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count", "freelist_count")
+    )
     return (pages - free) * page_size
 
 
@@ -117,5 +119,19 @@ def test_cache_info_and_clear(capsys, monkeypatch, tmp_path):
 
 def test_bad_cap_is_a_one_line_error(capsys, monkeypatch, colour_data, tmp_path, tiny_weights):
     monkeypatch.setenv("FEWTUNE_CACHE_MAX_MB", "two gigs")
-    code, _, err = run(capsys, "train", str(colour_data), "-o", str(tmp_path / "m"), "--backbone", "test_efficientnet", "--weights", str(tiny_weights))
-    assert code == 2 and err.startswith("error: FEWTUNE_CACHE_MAX_MB='two gigs'") and len(err.strip().splitlines()) == 1
+    code, _, err = run(
+        capsys,
+        "train",
+        str(colour_data),
+        "-o",
+        str(tmp_path / "m"),
+        "--backbone",
+        "test_efficientnet",
+        "--weights",
+        str(tiny_weights),
+    )
+    assert (
+        code == 2
+        and err.startswith("error: FEWTUNE_CACHE_MAX_MB='two gigs'")
+        and len(err.strip().splitlines()) == 1
+    )

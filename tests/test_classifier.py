@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import fewtune
+from fewtune.errors import FewtuneError
 from fewtune.model import classifier as classifier_module
 from fewtune.storage import saved_model as storage
-from fewtune.errors import FewtuneError
 
 
 @pytest.fixture
@@ -27,13 +27,21 @@ def test_save_load_predict_gives_identical_probabilities(tiny_backbone, colour_d
     loaded = fewtune.load(tmp_path / "m.fewtune")
     assert loaded.classes == clf.classes and loaded.strategy.name == strategy
     images = sorted(colour_data.rglob("*.png"))
-    assert torch.equal(torch.from_numpy(loaded.predict_proba(images)), torch.from_numpy(clf.predict_proba(images)))
-    assert [p.to_dict() for p in loaded.predict(images, top_k=3)] == [p.to_dict() for p in clf.predict(images, top_k=3)]
+    assert torch.equal(
+        torch.from_numpy(loaded.predict_proba(images)), torch.from_numpy(clf.predict_proba(images))
+    )
+    assert [p.to_dict() for p in loaded.predict(images, top_k=3)] == [
+        p.to_dict() for p in clf.predict(images, top_k=3)
+    ]
 
 
 def test_saved_folder_holds_only_json_and_safetensors(trained, tmp_path):
     path = trained.save(tmp_path / "m.fewtune")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "strategy.safetensors", "support.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json",
+        "strategy.safetensors",
+        "support.safetensors",
+    ]
     config = json.loads((path / "config.json").read_text())
     assert config["format_version"] == classifier_module.FORMAT_VERSION
     assert config["backbone"]["weights_sha256"] == trained.backbone.weights_sha256
@@ -64,13 +72,18 @@ def test_interrupted_save_keeps_the_previous_model(trained, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         trained.save(path)
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before
-    assert sorted(p.name for p in path.parent.iterdir()) == [".m.fewtune.lock", "m.fewtune"]  # no staging folder left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        ".m.fewtune.lock",
+        "m.fewtune",
+    ]  # no staging folder left behind
 
 
 def test_save_never_overwrites_something_else(trained, tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(FewtuneError, match="exists and is not a fewtune classifier; choose another output path"):
+    with pytest.raises(
+        FewtuneError, match="exists and is not a fewtune classifier; choose another output path"
+    ):
         trained.save(tmp_path / "photos")
     assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
 
@@ -84,7 +97,11 @@ def test_newer_format_is_refused_and_older_ones_load(trained, tmp_path):
     assert fewtune.load(path).classes == trained.classes
     config["format_version"] = 99
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(FewtuneError, match=r"in format 99, newer than this fewtune .* reads \(format 2\); upgrade with `pip install -U fewtune`"):
+    with pytest.raises(
+        FewtuneError,
+        match=r"in format 99, newer than this fewtune .* reads \(format 2\); "
+        r"upgrade with `pip install -U fewtune`",
+    ):
         fewtune.load(path)
 
 
@@ -93,7 +110,10 @@ def test_other_backbone_weights_are_refused(trained, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["backbone"]["weights_sha256"] = "0" * 64
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(FewtuneError, match=r"trained with test_efficientnet weights 000000000000… .* install the same weights or retrain"):
+    with pytest.raises(
+        FewtuneError,
+        match=r"trained with test_efficientnet weights 000000000000… .* install the same weights or retrain",
+    ):
         fewtune.load(path)
 
 
@@ -131,9 +151,9 @@ def test_real_photos_end_to_end(real_backbone, photo_data, tmp_path):
 
 def test_a_class_it_never_saw_is_unknown(real_backbone, photo_data):
     """Taught strawberries and scissors from 3 photos each, it calls sunflowers "unknown"."""
-    from conftest import unseen_photos
-
     import shutil
+
+    from conftest import unseen_photos
 
     shutil.rmtree(photo_data / "sunflower")
     clf = fewtune.train(photo_data, backbone=real_backbone)
@@ -149,7 +169,9 @@ def test_damaged_files_give_a_clear_error(trained, tmp_path):
     config = json.loads((path / "config.json").read_text())
     del config["calibration"]
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(FewtuneError, match=r"config.json: calibration: expected a JSON object, got nothing \(missing\)"):
+    with pytest.raises(
+        FewtuneError, match=r"config.json: calibration: expected a JSON object, got nothing \(missing\)"
+    ):
         fewtune.load(path)
     path = trained.save(tmp_path / "n.fewtune")
     (path / "strategy.safetensors").write_bytes(b"garbage")

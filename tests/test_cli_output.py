@@ -8,16 +8,27 @@ import re
 import sys
 
 import pytest
-
-from test_cli import run
 from conftest import make_image
+from test_cli import run
 
 
 @pytest.fixture
 def model(capsys, colour_data, tmp_path, tiny_weights):
     path = tmp_path / "colours.fewtune"
-    code, _, err = run(capsys, "train", colour_data, "-o", path, "--strategy", "probe",
-                       "--backbone", "test_efficientnet", "--weights", tiny_weights, "-q")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "train",
+        colour_data,
+        "-o",
+        path,
+        "--strategy",
+        "probe",
+        "--backbone",
+        "test_efficientnet",
+        "--weights",
+        tiny_weights,
+        "-q",
+    )
     assert code == 0, err
     return path
 
@@ -25,7 +36,9 @@ def model(capsys, colour_data, tmp_path, tiny_weights):
 @pytest.fixture
 def deep_image(tmp_path):
     """A file whose path is far longer than a terminal is wide, with markup-like brackets in it."""
-    return make_image(tmp_path / ("a-long-folder-name-" * 6) / "[red]photo[/red] of a red thing.png", (220, 30, 30))
+    return make_image(
+        tmp_path / ("a-long-folder-name-" * 6) / "[red]photo[/red] of a red thing.png", (220, 30, 30)
+    )
 
 
 def test_piped_predict_prints_one_tab_separated_row_per_image(capsys, model, colour_data, deep_image):

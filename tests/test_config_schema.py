@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import COLOURS, make_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import fewtune
-from conftest import COLOURS, make_image
 from fewtune.app.cli import main
 from fewtune.errors import FewtuneError
 
@@ -70,15 +70,27 @@ TAMPERED = [
     ("classes", ["blue", "blue", "red"], r"classes: names are not distinct"),
     ("classes", ["blue", " ", "red"], r"classes\[1\]: expected a non-empty name"),
     ("classes", ["blue", 3, "red"], r"classes\[1\]: expected a non-empty name"),
-    ("calibration.temperature", -1, r"calibration.temperature: expected a number in \[1e-06, 1e\+06\], got int -1"),
+    (
+        "calibration.temperature",
+        -1,
+        r"calibration.temperature: expected a number in \[1e-06, 1e\+06\], got int -1",
+    ),
     ("calibration.temperature", NAN, r"calibration.temperature: is nan; every number must be finite"),
     ("calibration.temperature", "1", r"calibration.temperature: expected a number"),
-    ("preprocessing.input_size", [3, 60000, 60000], r"preprocessing.input_size: expected \[3, height, width\] with sides 32-1024"),
+    (
+        "preprocessing.input_size",
+        [3, 60000, 60000],
+        r"preprocessing.input_size: expected \[3, height, width\] with sides 32-1024",
+    ),
     ("preprocessing.input_size", [3, 160.0, 160], r"preprocessing.input_size: expected \[3, height, width\]"),
     ("preprocessing.mean", [0.4, "x", 0.4], r"preprocessing.mean: expected 3 numbers in \[-10, 10\]"),
     ("preprocessing.std", [0, 1, 1], r"preprocessing.std: expected 3 numbers in \[1e-06, 10\]"),
     ("preprocessing.crop_pct", INF, r"preprocessing.crop_pct: is inf; every number must be finite"),
-    ("preprocessing.interpolation", "magic", r"preprocessing.interpolation: expected one of bicubic, bilinear"),
+    (
+        "preprocessing.interpolation",
+        "magic",
+        r"preprocessing.interpolation: expected one of bicubic, bilinear",
+    ),
     ("preprocessing.extra", 1, r"preprocessing.extra: unknown setting"),
     ("open_set.threshold", NAN, r"open_set.threshold: is nan; every number must be finite"),
     ("open_set.threshold", -INF, r"open_set.threshold: is -inf; every number must be finite"),
@@ -88,8 +100,16 @@ TAMPERED = [
     ("open_set.colour", "red", r"open_set: expected the keys enabled, threshold, unknown_label, calibration"),
     ("backbone.weights_sha256", "abc", r"backbone.weights_sha256: expected a sha256 of 64 hex digits"),
     ("backbone.embedding_dim", True, r"backbone.embedding_dim: expected a whole number in \[1, 65536\]"),
-    ("strategy.hyperparameters.temperature", -1, r"config.json: strategy.hyperparameters: strategy 'prototype': temperature must be > 0"),
-    ("strategy.hyperparameters.bogus", 1, r"strategy.hyperparameters: strategy 'prototype': .*unexpected keyword argument 'bogus'"),
+    (
+        "strategy.hyperparameters.temperature",
+        -1,
+        r"config.json: strategy.hyperparameters: strategy 'prototype': temperature must be > 0",
+    ),
+    (
+        "strategy.hyperparameters.bogus",
+        1,
+        r"strategy.hyperparameters: strategy 'prototype': .*unexpected keyword argument 'bogus'",
+    ),
     ("strategy.name", "nope", r"config.json: strategy.name: unknown strategy 'nope': use one of"),
     ("strategy.fit", [1], r"strategy.fit: expected a JSON object"),
     ("training.per_class", [1], r"training.per_class: expected a JSON object"),
@@ -97,11 +117,26 @@ TAMPERED = [
     ("format_version", "2", r"format_version: expected a whole number >= 1, got '2'"),
     ("format", "other", r"format: is not 'fewtune-classifier'"),
     ("save_id", 7, r"save_id: expected a string"),
-    *((key, DELETE, rf"{key}: expected .*got nothing \(missing\)") for key in ("classes", "backbone", "preprocessing", "strategy", "calibration", "open_set", "fewtune_version")),
+    *(
+        (key, DELETE, rf"{key}: expected .*got nothing \(missing\)")
+        for key in (
+            "classes",
+            "backbone",
+            "preprocessing",
+            "strategy",
+            "calibration",
+            "open_set",
+            "fewtune_version",
+        )
+    ),
 ]
 
 
-@pytest.mark.parametrize(("key", "value", "message"), TAMPERED, ids=[f"{k}={'missing' if v is DELETE else v!r:.30}" for k, v, _ in TAMPERED])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    TAMPERED,
+    ids=[f"{k}={'missing' if v is DELETE else v!r:.30}" for k, v, _ in TAMPERED],
+)
 def test_a_tampered_config_is_one_error_naming_the_key(model, tiny_backbone, capsys, key, value, message):
     _tamper(model, key, value)
     with pytest.raises(FewtuneError, match=message) as raised:
@@ -114,8 +149,16 @@ def test_a_tampered_config_is_one_error_naming_the_key(model, tiny_backbone, cap
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("classes", ["blue", "green", "red", "x", "y"], r"support.safetensors: labels do not match the 5 classes of config.json"),
-        ("classes", ["blue", "green"], r"support.safetensors: labels do not match the 2 classes of config.json"),
+        (
+            "classes",
+            ["blue", "green", "red", "x", "y"],
+            r"support.safetensors: labels do not match the 5 classes of config.json",
+        ),
+        (
+            "classes",
+            ["blue", "green"],
+            r"support.safetensors: labels do not match the 2 classes of config.json",
+        ),
         ("backbone.embedding_dim", 999, r"backbone.embedding_dim is 999 but test_efficientnet gives 256"),
     ],
 )
@@ -174,7 +217,11 @@ def test_info_describes_a_report_edited_out_of_shape(model, capsys):
 # --- bounded fuzz: only FewtuneError, whatever the files hold ------------------------------------
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
@@ -215,7 +262,11 @@ def _only_fewtune_errors(action) -> None:
         assert "\n" not in str(exc)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_fuzz_mutated_configs(saved, model, tiny_backbone, data):
     base = json.loads((saved / "config.json").read_text())
@@ -225,7 +276,11 @@ def test_fuzz_mutated_configs(saved, model, tiny_backbone, data):
     _only_fewtune_errors(lambda: fewtune.load(model, backbone=tiny_backbone))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_fuzz_mutated_backbone_sections_without_a_given_backbone(saved, model, data):
     base = json.loads((saved / "config.json").read_text())
@@ -234,7 +289,11 @@ def test_fuzz_mutated_backbone_sections_without_a_given_backbone(saved, model, d
     _only_fewtune_errors(lambda: fewtune.load(model))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     name=st.sampled_from(["support.safetensors", "strategy.safetensors", "config.json"]),
     cut=st.integers(0, 2**31),
@@ -254,7 +313,11 @@ def test_fuzz_truncated_and_corrupted_files(saved, model, tiny_backbone, name, c
 DTYPES = [torch.float32, torch.float16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     name=st.sampled_from(["support.safetensors", "strategy.safetensors"]),
     tensors=st.dictionaries(

@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import make_image
+
 from fewtune import load_dataset
 from fewtune.data.dataset import collect_inputs
 from fewtune.errors import FewtuneError
@@ -59,13 +59,17 @@ def test_loose_images_get_a_hint(tmp_path):
 def test_class_without_images(colour_data):
     (colour_data / "pear").mkdir()
     (colour_data / "pear" / "readme.txt").write_text("")
-    with pytest.raises(FewtuneError, match=r"pear: class 'pear' has no images .* add at least one or remove the folder"):
+    with pytest.raises(
+        FewtuneError, match=r"pear: class 'pear' has no images .* add at least one or remove the folder"
+    ):
         load_dataset(colour_data)
 
 
 def test_only_one_class(tmp_path):
     make_image(tmp_path / "apple" / "a.png", (0, 0, 0))
-    with pytest.raises(FewtuneError, match=r"found one class \(only 'apple'\); a classifier needs at least two"):
+    with pytest.raises(
+        FewtuneError, match=r"found one class \(only 'apple'\); a classifier needs at least two"
+    ):
         load_dataset(tmp_path)
 
 
@@ -77,5 +81,8 @@ def test_collect_inputs_takes_files_folders_and_globs(colour_data):
 
 
 def test_a_label_is_not_a_path(colour_data):
-    with pytest.raises(FewtuneError, match="^red: not a file, folder or glob that matches images; predict takes image paths, not labels"):
+    with pytest.raises(
+        FewtuneError,
+        match="^red: not a file, folder or glob that matches images; predict takes image paths, not labels",
+    ):
         collect_inputs(["red"])

@@ -4,11 +4,11 @@ import json
 import shutil
 
 import pytest
+from conftest import make_image
+from test_cli import run
 
 import fewtune
-from conftest import make_image
 from fewtune.evaluate.evaluation import evaluate, write_html
-from test_cli import run
 
 
 @pytest.fixture
@@ -46,7 +46,9 @@ def test_unknown_test_classes_measure_rejection(trained, tmp_path, colour_data):
 
 def test_cli_evaluate(capsys, trained, colour_data, tmp_path):
     trained.save(tmp_path / "m.fewtune")
-    code, out, err = run(capsys, "evaluate", tmp_path / "m.fewtune", colour_data, "--json", "-q", "--html", tmp_path / "r.html")
+    code, out, err = run(
+        capsys, "evaluate", tmp_path / "m.fewtune", colour_data, "--json", "-q", "--html", tmp_path / "r.html"
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["accuracy"] == 1.0 and len(report["per_class"]) == 3 and report["confusion"][0][0] == 3
@@ -61,7 +63,9 @@ def test_cli_evaluate(capsys, trained, colour_data, tmp_path):
 def test_html_report_renders_in_a_browser(trained, colour_data, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
-    path = write_html(evaluate(trained, fewtune.load_dataset(colour_data)), tmp_path / "report.html", "colours")
+    path = write_html(
+        evaluate(trained, fewtune.load_dataset(colour_data)), tmp_path / "report.html", "colours"
+    )
     browser.get(path.as_uri())
     assert "Accuracy 100.0% on 9 images" in browser.find_element(By.ID, "summary").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#per-class tr")) == 4

@@ -4,12 +4,12 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_image
+
 import fewtune
 from fewtune import load_dataset
-from fewtune.features.cache import FeatureCache
 from fewtune.errors import FewtuneError
+from fewtune.features.cache import FeatureCache
 from fewtune.features.embedding import embed_files
 
 
@@ -25,7 +25,9 @@ def test_second_pass_comes_from_the_cache(tiny_backbone, colour_data, tmp_path):
 
 def test_cache_matches_uncached_features(tiny_backbone, colour_data):
     paths = load_dataset(colour_data).paths
-    torch.testing.assert_close(embed_files(tiny_backbone, paths, cache=False).features, embed_files(tiny_backbone, paths).features)
+    torch.testing.assert_close(
+        embed_files(tiny_backbone, paths, cache=False).features, embed_files(tiny_backbone, paths).features
+    )
 
 
 def test_cache_is_keyed_by_content_not_name(tiny_backbone, colour_data, tmp_path):
@@ -91,11 +93,15 @@ def test_a_warm_train_never_builds_the_backbone(colour_data, tiny_weights):
     assert not warm.backbone.built and warm.training["embeddings_computed"] == 0
     assert torch.equal(warm.head.support.features, cold.head.support.features)
     photo = next(colour_data.glob("red/*"))
-    assert warm.predict([photo])[0].label == "red" and not warm.backbone.built  # cached photo: still no network
+    assert (
+        warm.predict([photo])[0].label == "red" and not warm.backbone.built
+    )  # cached photo: still no network
 
 
 def test_adding_cached_images_to_a_loaded_classifier_builds_no_backbone(colour_data, tiny_weights, tmp_path):
-    fewtune.train(colour_data, "prototype", backbone="test_efficientnet", weights=tiny_weights).save(tmp_path / "m")
+    fewtune.train(colour_data, "prototype", backbone="test_efficientnet", weights=tiny_weights).save(
+        tmp_path / "m"
+    )
     loaded = fewtune.load(tmp_path / "m")
     red = sorted(colour_data.glob("red/*"))
     assert loaded.add_examples("crimson", red[:2]) == 2  # cached by the training run

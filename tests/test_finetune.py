@@ -175,10 +175,14 @@ def test_validation_keeps_the_best_epoch_and_may_keep_the_pretrained_body(tiny_b
     pictures, labels, classes = support(colour_data)
     backbone = copy.deepcopy(tiny_backbone)
     result = tune_body(
-        backbone, pictures[1::3] + pictures[2::3], torch.cat([labels[1::3], labels[2::3]]), classes,
-        FinetuneConfig(**{**FAST, "epochs": 4, "patience": 1}), top=1,
+        backbone,
+        pictures[1::3] + pictures[2::3],
+        torch.cat([labels[1::3], labels[2::3]]),
+        classes,
+        FinetuneConfig(**{**FAST, "epochs": 4, "patience": 1}),
+        top=1,
         validation=(pictures[::3], labels[::3]),
-    )  # fmt: skip
+    )
     assert result.best_epoch is not None and 0 <= result.best_epoch <= result.epochs
     assert result.val_accuracy == max(
         [r.get("val_accuracy", 0) for r in result.history] + [result.val_accuracy]

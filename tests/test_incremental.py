@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_image
+from test_cli import run
 
 import fewtune
-from conftest import make_image
 from fewtune.errors import FewtuneError
-from test_cli import run
 
 
 def split_off(colour_data, name, tmp_path):

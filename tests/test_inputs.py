@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import fewtune
-from fewtune.features import embedding as features_module
 from fewtune.errors import FewtuneError
+from fewtune.features import embedding as features_module
 
 
 @pytest.fixture
@@ -48,8 +48,12 @@ def test_a_picture_in_memory_scores_as_its_file(trained, files, convert):
 def test_greyscale_array_is_read_as_a_grey_picture(trained, tmp_path):
     grey = np.tile(np.arange(40, dtype=np.uint8)[None, :] * 5, (32, 1))  # H x W
     Image.fromarray(grey).save(tmp_path / "grey.png")
-    np.testing.assert_allclose(trained.predict_proba(grey), trained.predict_proba(tmp_path / "grey.png"), atol=1e-5)
-    np.testing.assert_allclose(trained.predict_proba(grey[:, :, None]), trained.predict_proba(grey), atol=1e-6)
+    np.testing.assert_allclose(
+        trained.predict_proba(grey), trained.predict_proba(tmp_path / "grey.png"), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        trained.predict_proba(grey[:, :, None]), trained.predict_proba(grey), atol=1e-6
+    )
 
 
 def test_a_mixed_list_keeps_input_order_and_folders_expand_in_place(trained, files, colour_data):
@@ -87,7 +91,10 @@ def test_pictures_in_memory_skip_the_feature_cache(trained, files, monkeypatch):
     [
         (42, r"^input 0: a int is not an image; pass a path, a folder, a PIL image"),
         (np.zeros((8, 8, 3), dtype=np.float32), r"^input 0: a NumPy array of float32; expected uint8 0-255"),
-        (np.zeros((8, 8, 5), dtype=np.uint8), r"^input 0: a NumPy array of shape \(8, 8, 5\); expected H x W x 3"),
+        (
+            np.zeros((8, 8, 5), dtype=np.uint8),
+            r"^input 0: a NumPy array of shape \(8, 8, 5\); expected H x W x 3",
+        ),
         (torch.full((3, 8, 8), 2.0), r"^input 0: a float tensor outside \[0, 1\] \(already normalised\?\)"),
         ([], r"^no images to predict"),
     ],
@@ -99,7 +106,10 @@ def test_unsupported_inputs_get_one_line_saying_what_is_expected(trained, bad, m
 
 def test_repr_is_one_short_line(trained):
     text = repr(trained)
-    assert text == "Classifier(strategy='prototype', classes=['blue', 'green', 'red'], backbone='test_efficientnet', examples=9)"
+    assert (
+        text == "Classifier(strategy='prototype', classes=['blue', 'green', 'red'], "
+        "backbone='test_efficientnet', examples=9)"
+    )
 
 
 def test_the_package_says_what_it_exports():

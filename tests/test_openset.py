@@ -4,21 +4,24 @@ import math
 
 import pytest
 import torch
+from test_strategies import blobs
 
 import fewtune
-from fewtune.model.calibration import expected_calibration_error, fit_temperature
 from fewtune.errors import FewtuneError
+from fewtune.model.calibration import expected_calibration_error, fit_temperature
 from fewtune.model.openset import calibrate_threshold, novelty
 from fewtune.strategies.base import class_means
-from test_strategies import blobs
 
 
 def test_novelty_grows_away_from_every_class():
     features, labels = blobs(per_class=4)
     prototypes = class_means(features, labels, 3)
     near = novelty(features, prototypes)
-    # seeded: the global RNG state depends on which tests ran before (and 1 draw in 200, e.g. seed 0, lands near a class)
-    far = novelty(torch.randn(20, features.shape[1], generator=torch.Generator().manual_seed(1)) * 3, prototypes)
+    # seeded: the global RNG state depends on which tests ran before (and 1 draw in 200, e.g.
+    # seed 0, lands near a class)
+    far = novelty(
+        torch.randn(20, features.shape[1], generator=torch.Generator().manual_seed(1)) * 3, prototypes
+    )
     assert near.max() < far.min()
     assert novelty(prototypes, prototypes) == pytest.approx(torch.zeros(3), abs=1e-6)
 
@@ -92,7 +95,10 @@ def test_open_set_settings_are_saved(clf, tmp_path):
 
 def test_a_class_named_like_the_unknown_label_is_refused(tiny_backbone, colour_data):
     (colour_data / "red").rename(colour_data / "unknown")
-    with pytest.raises(FewtuneError, match="a class is named 'unknown', the label given to inputs of no known class.*--unknown-label"):
+    with pytest.raises(
+        FewtuneError,
+        match="a class is named 'unknown', the label given to inputs of no known class.*--unknown-label",
+    ):
         fewtune.train(colour_data, backbone=tiny_backbone)
     clf = fewtune.train(colour_data, backbone=tiny_backbone, unknown_label="other")
     assert "unknown" in clf.classes and clf.open_set.unknown_label == "other"

@@ -3,19 +3,17 @@ that follow the classes, aligned Delete buttons, and what an unknown looks like.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from conftest import make_image
+from test_browser import ARTIFACTS, free_port
 
 import fewtune
-from conftest import make_image
 from fewtune.app.demo import demo_photos
-from test_browser import ARTIFACTS, free_port
 
 
 @pytest.fixture
@@ -26,9 +24,21 @@ def serve(tmp_path):
     def start(*args: str) -> str:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "fewtune", "serve", *args, "--port", str(port), "--models-dir", str(tmp_path / "models")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "fewtune",
+                "serve",
+                *args,
+                "--port",
+                str(port),
+                "--models-dir",
+                str(tmp_path / "models"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
@@ -48,8 +58,15 @@ def serve(tmp_path):
         process.wait(timeout=10)
 
 
-UNKNOWN = {"path": "x.png", "label": "unknown", "score": 0.31, "is_unknown": True, "novelty": 0.72,
-           "top_k": [{"label": "a-much-longer-class-name", "score": 0.99}], "probabilities": {}}  # fmt: skip
+UNKNOWN = {
+    "path": "x.png",
+    "label": "unknown",
+    "score": 0.31,
+    "is_unknown": True,
+    "novelty": 0.72,
+    "top_k": [{"label": "a-much-longer-class-name", "score": 0.99}],
+    "probabilities": {},
+}
 
 
 def stub_predict(browser, answer: dict) -> None:
@@ -57,22 +74,29 @@ def stub_predict(browser, answer: dict) -> None:
     browser.execute_script(
         """const answer = arguments[0], real = window.fetch;
         window.fetch = (url, options) => String(url).startsWith("/predict")
-          ? Promise.resolve(new Response(JSON.stringify([answer]), {status: 200, headers: {"Content-Type": "application/json"}}))
+          ? Promise.resolve(new Response(JSON.stringify([answer]),
+                                         {status: 200, headers: {"Content-Type": "application/json"}}))
           : real(url, options);""",
         answer,
     )
 
 
-def test_a_saved_model_shows_its_classes_with_initials_and_aligned_delete_buttons(serve, browser, tiny_weights, tmp_path):
+def test_a_saved_model_shows_its_classes_with_initials_and_aligned_delete_buttons(
+    serve, browser, tiny_weights, tmp_path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
     data = tmp_path / "data"
-    for c, (name, rgb) in enumerate({"a": (220, 30, 30), "a-much-longer-class-name": (30, 200, 40), "Été": (30, 40, 220)}.items()):
+    for c, (name, rgb) in enumerate(
+        {"a": (220, 30, 30), "a-much-longer-class-name": (30, 200, 40), "Été": (30, 40, 220)}.items()
+    ):
         for i in range(2):
             make_image(data / name / f"{i}.png", rgb, noise_seed=10 * c + i)
-    model = fewtune.train(data, "prototype", backbone=fewtune.create_backbone("test_efficientnet", weights=tiny_weights))
+    model = fewtune.train(
+        data, "prototype", backbone=fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    )
     url = serve(str(model.save(tmp_path / "m.fewtune")))
     wait = WebDriverWait(browser, 60)
     browser.get(url)
@@ -80,7 +104,9 @@ def test_a_saved_model_shows_its_classes_with_initials_and_aligned_delete_button
 
     rows = browser.find_elements(By.CSS_SELECTOR, "#classes .class")
     assert [r.find_element(By.CSS_SELECTOR, ".initial").text for r in rows] == ["A", "A", "É"]
-    assert not browser.find_elements(By.CSS_SELECTOR, "#classes .class img")  # no picture that is not the class's own
+    assert not browser.find_elements(
+        By.CSS_SELECTOR, "#classes .class img"
+    )  # no picture that is not the class's own
     lefts = {r.find_element(By.TAG_NAME, "button").location["x"] for r in rows}
     assert len(lefts) == 1, f"Delete buttons at x = {lefts}"
 
@@ -114,7 +140,9 @@ def test_results_are_classified_again_when_a_class_is_added(serve, browser):
         browser.find_element(By.ID, "new-label").send_keys(name)
         browser.find_element(By.ID, "new-files").send_keys(str(sorted((demo_photos() / name).iterdir())[0]))
         browser.find_element(By.ID, "add-button").click()
-        wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, f'#classes .class[data-label="{name}"]')))
+        wait.until(
+            seen.presence_of_element_located((By.CSS_SELECTOR, f'#classes .class[data-label="{name}"]'))
+        )
 
     teach("strawberry")
     teach("scissors")

@@ -88,8 +88,21 @@ def test_serve_hint(capsys, monkeypatch):
 def test_report_hint(capsys, monkeypatch, colour_data, tmp_path, tiny_flags):
     for name in ("matplotlib", "matplotlib.ticker", "matplotlib.pyplot"):
         monkeypatch.setitem(sys.modules, name, None)
-    code, _, err = run(capsys, "compare", colour_data, "-o", tmp_path / "report", "--shots", "1",
-                       "--draws", "2", "--strategies", "prototype", "-q", *tiny_flags)  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "compare",
+        colour_data,
+        "-o",
+        tmp_path / "report",
+        "--shots",
+        "1",
+        "--draws",
+        "2",
+        "--strategies",
+        "prototype",
+        "-q",
+        *tiny_flags,
+    )
     assert code == 2
     assert err.strip() == "error: the report's plots need matplotlib: pip install 'fewtune[report]'"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image
+from test_cli import run
 
 import fewtune
-from conftest import make_image
 from fewtune.evaluate.compare import Comparison, CurvePoint, _code, _predict_ms, write_report
 from fewtune.evaluate.evaluation import evaluate, render_html, write_html
-from test_cli import run
 
 ARTIFACTS = Path(os.environ.get("FEWTUNE_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
@@ -66,13 +66,17 @@ def test_no_mistakes_no_empty_mistakes_header(trained, colour_data):
 def test_evaluate_report_in_a_browser(trained, test_with_mistakes, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
-    path = write_html(evaluate(trained, fewtune.load_dataset(test_with_mistakes)), tmp_path / "report.html", "colours")
+    path = write_html(
+        evaluate(trained, fewtune.load_dataset(test_with_mistakes)), tmp_path / "report.html", "colours"
+    )
     browser.set_window_size(1000, 1100)
     browser.get(path.as_uri())
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "evaluate-report.png"))
     thumbs = browser.find_elements(By.CSS_SELECTOR, "#mistakes figure img")
-    assert len(thumbs) == 2 and all(browser.execute_script("return arguments[0].naturalWidth", t) > 0 for t in thumbs)
+    assert len(thumbs) == 2 and all(
+        browser.execute_script("return arguments[0].naturalWidth", t) > 0 for t in thumbs
+    )
     wrong = browser.find_element(By.CSS_SELECTOR, "#confusion td.wrong")
     assert wrong.value_of_css_property("background-color").startswith("rgba(220, 38, 38")
 
@@ -89,8 +93,12 @@ def test_compare_plot_caps_accuracy_at_100_and_keeps_tied_curves_apart(tmp_path,
 
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to look at them
-    points = [CurvePoint(name, k, 99.0, 3.0, 5, 0.01 * k, 30.0) for k in (1, 5) for name in ("prototype", "probe")]
-    write_report(Comparison(points, 30, ["a", "b"], "with 5 examples per class, `prototype` ..."), tmp_path, "tie")
+    points = [
+        CurvePoint(name, k, 99.0, 3.0, 5, 0.01 * k, 30.0) for k in (1, 5) for name in ("prototype", "probe")
+    ]
+    write_report(
+        Comparison(points, 30, ["a", "b"], "with 5 examples per class, `prototype` ..."), tmp_path, "tie"
+    )
     axis = figures[0].axes[0]
     assert axis.get_ylim()[1] == 100 and axis.get_ylabel() == "accuracy on held-out images"
     assert [t.get_text() for t in axis.get_yticklabels()][-1] == "100%"

@@ -13,13 +13,13 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import COLOURS
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import COLOURS
 from fewtune.app.cli import main
-from fewtune.data.images import ImageTooLarge, decode
 from fewtune.app.server import ServerConfig, create_app
+from fewtune.data.images import ImageTooLarge, decode
 
 LOCAL = "http://127.0.0.1:8000"
 HUGE = (9400, 9400)  # 16-bit greyscale: 177 MB decoded, from a ~190 KB file (issue 13)
@@ -62,9 +62,14 @@ def app_client(backbone, tmp_path, **settings):
 
 @pytest.fixture
 def client(tiny_backbone, tmp_path):
-    with app_client(tiny_backbone, tmp_path, max_image_bytes=1_000_000, max_request_bytes=2_000_000) as client:
+    with app_client(
+        tiny_backbone, tmp_path, max_image_bytes=1_000_000, max_request_bytes=2_000_000
+    ) as client:
         for label in ("red", "green"):
-            assert client.post(f"/classes/{label}/examples", files=upload(colour=COLOURS[label])).status_code == 200
+            assert (
+                client.post(f"/classes/{label}/examples", files=upload(colour=COLOURS[label])).status_code
+                == 200
+            )
         yield client
 
 
@@ -84,7 +89,9 @@ before = peak()
 picture = decode(data, "huge16.png", draft_size=257)
 print(picture.size[0], picture.size[1], peak() - before)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     width, height, grown = map(int, out.split())
     raw = HUGE[0] * HUGE[1] * 2
     assert grown < raw * 1.5, f"decoding took {grown / 2**20:.0f} MiB more for a {raw / 2**20:.0f} MiB image"
@@ -92,7 +99,9 @@ print(picture.size[0], picture.size[1], peak() - before)
 
 
 def test_decode_refuses_past_the_cost_cap():
-    with pytest.raises(ImageTooLarge, match=r"big.png: decoding this 300x200 RGB image would take 0 MiB, more than"):
+    with pytest.raises(
+        ImageTooLarge, match=r"big.png: decoding this 300x200 RGB image would take 0 MiB, more than"
+    ):
         decode(png((1, 2, 3), size=(300, 200)), "big.png", max_bytes=100_000)
     assert decode(png((1, 2, 3), size=(300, 200)), "ok.png", max_bytes=300 * 200 * 4).size == (300, 200)
 
@@ -107,7 +116,9 @@ def test_huge_16bit_png_upload_is_predicted_or_refused(tiny_backbone, tmp_path, 
     with app_client(tiny_backbone, tmp_path, max_decode_bytes=100 * 2**20) as client:
         response = client.post("/classes/red/examples", files=upload("huge16.png", data))
         assert response.status_code == 413, response.text
-        assert "huge16.png: decoding this 9400x9400 I;16 image would take 169 MiB" in response.json()["detail"]
+        assert (
+            "huge16.png: decoding this 9400x9400 I;16 image would take 169 MiB" in response.json()["detail"]
+        )
         assert client.get("/classes").json() == []
 
 
@@ -139,13 +150,23 @@ def chunks(total: int, size: int = 64 * 1024):
 @pytest.mark.parametrize("kind", ["multipart/form-data; boundary=xyz", "application/json"])
 def test_body_without_content_length_over_the_cap_is_413(client, kind):
     response = client.post("/predict", content=chunks(5_000_000), headers={"content-type": kind})
-    assert response.status_code == 413 and "request body larger than 2,000,000 bytes" in response.json()["detail"]
+    assert (
+        response.status_code == 413
+        and "request body larger than 2,000,000 bytes" in response.json()["detail"]
+    )
 
 
 def test_declared_content_length_over_the_cap_is_413_before_reading(client):
-    response = client.post("/classes/red/examples", content=b"x" * 2_000_001, headers={"content-type": "multipart/form-data; boundary=x"})
+    response = client.post(
+        "/classes/red/examples",
+        content=b"x" * 2_000_001,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
     assert response.status_code == 413
-    assert client.get("/classes").json() == [{"label": "red", "examples": 1}, {"label": "green", "examples": 1}]
+    assert client.get("/classes").json() == [
+        {"label": "red", "examples": 1},
+        {"label": "green", "examples": 1},
+    ]
 
 
 def test_files_per_request_are_capped(client):
@@ -165,7 +186,9 @@ def test_real_server_stops_reading_a_chunked_body_at_the_cap(tiny_backbone, tmp_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_backbone, config=config), port=port, log_level="error"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(tiny_backbone, config=config), port=port, log_level="error")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -206,14 +229,25 @@ def test_real_server_stops_reading_a_chunked_body_at_the_cap(tiny_backbone, tmp_
 def test_cross_origin_writes_are_refused(client):
     evil = {"Origin": "http://evil.example"}
     response = client.post("/classes/csrf/examples", files=upload(), headers=evil)
-    assert response.status_code == 403 and "cross-origin request from 'http://evil.example' refused" in response.json()["detail"]
+    assert (
+        response.status_code == 403
+        and "cross-origin request from 'http://evil.example' refused" in response.json()["detail"]
+    )
     assert client.post("/models/save?name=csrf", headers=evil).status_code == 403
     assert client.delete("/classes/red", headers=evil).status_code == 403
     assert client.post("/predict", files=upload(), headers={"Origin": "null"}).status_code == 403
     assert client.post("/train", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
-    assert [c["label"] for c in client.get("/classes", headers=evil).json()] == ["red", "green"]  # reads: CORS hides them
+    assert [c["label"] for c in client.get("/classes", headers=evil).json()] == [
+        "red",
+        "green",
+    ]  # reads: CORS hides them
     # the page itself (same origin), and clients that are not browsers (no Origin), still work
-    assert client.post("/predict", files=upload(), headers={"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert (
+        client.post(
+            "/predict", files=upload(), headers={"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"}
+        ).status_code
+        == 200
+    )
     assert client.post("/predict", files=upload()).status_code == 200
 
 
@@ -221,13 +255,24 @@ def test_allowed_origins_may_write(tiny_backbone, tmp_path):
     with app_client(tiny_backbone, tmp_path, allow_origins=["https://app.example/"]) as client:
         ok = client.post("/classes/red/examples", files=upload(), headers={"Origin": "https://app.example"})
         assert ok.status_code == 200
-        assert client.post("/classes/red/examples", files=upload(), headers={"Origin": "https://other.example"}).status_code == 403
+        assert (
+            client.post(
+                "/classes/red/examples", files=upload(), headers={"Origin": "https://other.example"}
+            ).status_code
+            == 403
+        )
 
 
-@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", "localhost.:8000"])
+@pytest.mark.parametrize(
+    "host", ["attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", "localhost.:8000"]
+)
 def test_unknown_host_is_refused(client, host):
     response = client.get("/classes", headers={"Host": host})
-    assert response.status_code == 400 and "unknown Host header" in response.json()["detail"] and "--allow-host" in response.json()["detail"]
+    assert (
+        response.status_code == 400
+        and "unknown Host header" in response.json()["detail"]
+        and "--allow-host" in response.json()["detail"]
+    )
     assert client.post("/classes/rebind/examples", files=upload(), headers={"Host": host}).status_code == 400
     assert [c["label"] for c in client.get("/classes").json()] == ["red", "green"]
 
@@ -261,8 +306,16 @@ def test_protect_predict(tiny_backbone, tmp_path):
         for label in ("red", "green"):
             client.post(f"/classes/{label}/examples", files=upload(colour=COLOURS[label]), headers=auth)
         assert client.post("/predict", files=upload()).status_code == 401
-        assert client.post("/predict", files=upload(), headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert client.post("/predict", files=upload(), headers={"Authorization": b"Bearer s3cr\xe9t"}).status_code == 401  # not ASCII
+        assert (
+            client.post("/predict", files=upload(), headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
+        assert (
+            client.post(
+                "/predict", files=upload(), headers={"Authorization": b"Bearer s3cr\xe9t"}
+            ).status_code
+            == 401
+        )  # not ASCII
         assert client.post("/predict", files=upload(), headers=auth).json()[0]["label"] == "red"
 
 
@@ -271,10 +324,16 @@ def test_protect_predict_needs_a_token(capsys, monkeypatch):
     with pytest.raises(SystemExit) as stop:
         main(["serve", "--protect-predict"])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "--protect-predict needs a token" in err
+    assert (
+        stop.value.code == 2
+        and len(err.strip().splitlines()) == 1
+        and "--protect-predict needs a token" in err
+    )
 
 
 def test_error_bodies_are_json(client):
     """Middleware answers look like FastAPI's own, so the page can show their detail."""
     response = client.get("/classes", headers={"Host": "x.example"})
-    assert response.headers["content-type"] == "application/json" and set(json.loads(response.content)) == {"detail"}
+    assert response.headers["content-type"] == "application/json" and set(json.loads(response.content)) == {
+        "detail"
+    }

@@ -5,10 +5,10 @@ import io
 import threading
 
 import pytest
+from conftest import COLOURS, make_image
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import COLOURS, make_image
 from fewtune.app.server import ServerConfig, create_app
 
 
@@ -55,18 +55,26 @@ def test_teach_predict_save(client, tmp_path):
     teach(client, "green", "blue")
     assert client.get("/classes").json() == [{"label": n, "examples": 1} for n in ("red", "green", "blue")]
 
-    response = client.post("/predict?top_k=2", files=files(("a.png", png(COLOURS["green"], seed=5)), ("b.png", png(COLOURS["red"], seed=7))))
+    response = client.post(
+        "/predict?top_k=2",
+        files=files(("a.png", png(COLOURS["green"], seed=5)), ("b.png", png(COLOURS["red"], seed=7))),
+    )
     assert response.status_code == 200
     first, second = response.json()
     assert (first["path"], first["label"], second["label"]) == ("a.png", "green", "red")
-    assert set(first) >= {"label", "score", "top_k", "is_unknown", "novelty", "probabilities"} and len(first["top_k"]) == 2
+    assert (
+        set(first) >= {"label", "score", "top_k", "is_unknown", "novelty", "probabilities"}
+        and len(first["top_k"]) == 2
+    )
 
     encoded = base64.b64encode(png(COLOURS["blue"], seed=3)).decode()
     response = client.post("/predict", json={"images": [{"name": "c.png", "data": encoded}]})
     assert response.json()[0]["label"] == "blue"
 
     saved = client.post("/models/save?name=colours").json()["saved"]
-    assert (tmp_path / "models" / "colours.fewtune" / "config.json").is_file() and saved.endswith("colours.fewtune")
+    assert (tmp_path / "models" / "colours.fewtune" / "config.json").is_file() and saved.endswith(
+        "colours.fewtune"
+    )
     assert client.get("/model").json()["classes"] == ["red", "green", "blue"]
 
 
@@ -83,10 +91,18 @@ def test_delete_and_retrain(client):
     "request_kwargs, status, message",
     [
         ({"files": [("file", ("a.txt", b"hello", "text/plain"))]}, 415, "is not an image"),
-        ({"files": files(("cut.jpg", NOISY_JPEG[: len(NOISY_JPEG) // 2]))}, 422, "cut.jpg: corrupt or truncated image"),
+        (
+            {"files": files(("cut.jpg", NOISY_JPEG[: len(NOISY_JPEG) // 2]))},
+            422,
+            "cut.jpg: corrupt or truncated image",
+        ),
         ({"files": files(("junk.png", b"not a png at all"))}, 422, "junk.png: not a readable image"),
         ({"files": files(("big.png", b"\0" * 300_000))}, 413, "larger than 200,000 bytes"),
-        ({"content": b"raw", "headers": {"content-type": "application/octet-stream"}}, 415, "send multipart/form-data"),
+        (
+            {"content": b"raw", "headers": {"content-type": "application/octet-stream"}},
+            415,
+            "send multipart/form-data",
+        ),
         ({"json": {"images": [{"data": "%%%"}]}}, 422, "expected JSON"),
         ({"files": {"other": ("a.png", b"x", "image/png")}}, 422, "no images in the request"),
     ],
@@ -125,7 +141,9 @@ def test_concurrent_add_and_predict_never_see_a_half_updated_model(client):
     errors = []
 
     def add(i):
-        response = client.post("/classes/blue/examples", files=files((f"b{i}.png", png(COLOURS["blue"], seed=i))))
+        response = client.post(
+            "/classes/blue/examples", files=files((f"b{i}.png", png(COLOURS["blue"], seed=i)))
+        )
         if response.status_code != 200:
             errors.append(response.text)
 
@@ -147,7 +165,16 @@ def test_concurrent_add_and_predict_never_see_a_half_updated_model(client):
 
 def test_openapi_and_page(client):
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/predict", "/classes", "/classes/{label}/examples", "/classes/{label}", "/train", "/model", "/healthz", "/models/save"} <= set(paths)
+    assert {
+        "/predict",
+        "/classes",
+        "/classes/{label}/examples",
+        "/classes/{label}",
+        "/train",
+        "/model",
+        "/healthz",
+        "/models/save",
+    } <= set(paths)
     page = client.get("/").text
     assert 'id="new-label"' in page and 'id="test-files"' in page
     assert "http://" not in page and "https://" not in page  # no CDN: works offline

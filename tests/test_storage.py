@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import make_image
 from safetensors.torch import load_file, save_file
 
 import fewtune
-from conftest import make_image
+from fewtune.errors import FewtuneError
+from fewtune.storage import atomic as swap
 from fewtune.storage import locks
 from fewtune.storage import saved_model as storage
-from fewtune.storage import atomic as swap
-from fewtune.errors import FewtuneError
 
 SRC = str(Path(fewtune.__file__).parents[1])
 
@@ -51,7 +51,9 @@ def _in_child(action, kill_at: str | None = None) -> int:
         code = 0
         try:
             if kill_at is not None:
-                storage._checkpoint = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_at else None
+                storage._checkpoint = lambda step: (
+                    os.kill(os.getpid(), signal.SIGKILL) if step == kill_at else None
+                )
             action()
         except BaseException:  # noqa: BLE001
             code = 3
@@ -78,19 +80,32 @@ def test_the_atomic_swap_is_available_here():
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
-def test_a_kill_at_any_step_of_a_save_leaves_a_whole_model(old_new, tiny_backbone, models, monkeypatch, exchange):
+def test_a_kill_at_any_step_of_a_save_leaves_a_whole_model(
+    old_new, tiny_backbone, models, monkeypatch, exchange
+):
     old, new = old_new
     monkeypatch.setattr(swap, "USE_EXCHANGE", exchange)
     path = models / "m.fewtune"
     create = _steps(lambda: old.save(path))
     replace = _steps(lambda: new.save(path))
-    assert create == ["wrote strategy.safetensors", "wrote support.safetensors", "staged", "renamed", "synced", "done"]
+    assert create == [
+        "wrote strategy.safetensors",
+        "wrote support.safetensors",
+        "staged",
+        "renamed",
+        "synced",
+        "done",
+    ]
     swapped = "exchanged" if exchange else "retired"
     assert swapped in replace
     for step in replace:
         old.save(path)
         assert _in_child(lambda: new.save(path), kill_at=step) == signal.SIGKILL
-        expected = old.classes if replace.index(step) <= replace.index(swapped) - (1 if exchange else 0) else new.classes
+        expected = (
+            old.classes
+            if replace.index(step) <= replace.index(swapped) - (1 if exchange else 0)
+            else new.classes
+        )
         assert storage.load(path, backbone=tiny_backbone).classes == expected, step
         assert fewtune.model.classifier.read_config(path)["classes"] == expected
         new.save(path)  # the next save repairs and cleans up whatever the kill left
@@ -111,7 +126,12 @@ def test_a_kill_at_any_step_of_a_save_leaves_a_whole_model(old_new, tiny_backbon
 def test_stale_leftovers_of_other_processes_do_not_break_saves(old_new, tiny_backbone, models):
     old, new = old_new
     path = old.save(models / "m.fewtune")
-    for name in (".m.fewtune.1.old", f".m.fewtune.{os.getpid()}.old", ".m.fewtune.abcd1234.partial", f".m.fewtune.{'e' * 32}.partial"):
+    for name in (
+        ".m.fewtune.1.old",
+        f".m.fewtune.{os.getpid()}.old",
+        ".m.fewtune.abcd1234.partial",
+        f".m.fewtune.{'e' * 32}.partial",
+    ):
         (models / name).mkdir()
         (models / name / "config.json").write_text("{}")
     (models / "m.fewtune.keep").mkdir()  # not ours: another model's name
@@ -127,7 +147,10 @@ def test_eight_concurrent_saves_all_succeed(old_new, tiny_backbone, models):
         saved = list(pool.map(lambda c: c.save(path), [old, new] * 4))
     assert saved == [path] * 8
     assert storage.load(path, backbone=tiny_backbone).classes in (old.classes, new.classes)
-    children = [threading.Thread(target=lambda c=c: results.append(_in_child(lambda: c.save(path)))) for c in [old, new] * 4]
+    children = [
+        threading.Thread(target=lambda c=c: results.append(_in_child(lambda: c.save(path))))
+        for c in [old, new] * 4
+    ]
     results: list[int] = []
     for child in children:
         child.start()
@@ -200,7 +223,9 @@ def test_tensor_files_from_another_save_are_refused(old_new, tiny_backbone, mode
     old, new = old_new
     a, b = old.save(models / "a.fewtune"), new.save(models / "b.fewtune")
     (a / "support.safetensors").write_bytes((b / "support.safetensors").read_bytes())
-    with pytest.raises(FewtuneError, match=r"a.fewtune/support.safetensors: belongs to another save than config.json"):
+    with pytest.raises(
+        FewtuneError, match=r"a.fewtune/support.safetensors: belongs to another save than config.json"
+    ):
         storage.load(a, backbone=tiny_backbone)
 
 
@@ -210,12 +235,18 @@ def test_a_busy_model_makes_the_second_writer_wait_then_fail_clearly(old_new, mo
     told: list[str] = []
     with locks.model_lock(path):
         waiter = threading.Thread(
-            target=lambda: told.append(_catch(lambda: locks.model_lock(path, timeout=0.3, on_wait=told.append).__enter__()))
+            target=lambda: told.append(
+                _catch(lambda: locks.model_lock(path, timeout=0.3, on_wait=told.append).__enter__())
+            )
         )
         waiter.start()
         waiter.join()
     assert told[0] == f"waiting for another fewtune process (pid {os.getpid()}) that is updating {path} ..."
-    assert told[1] == f"{path}: another fewtune process (pid {os.getpid()}) has been updating it for over 0.3 s; wait for it to finish and retry, or raise FEWTUNE_LOCK_TIMEOUT"
+    assert (
+        told[1]
+        == f"{path}: another fewtune process (pid {os.getpid()}) has been updating it for over 0.3 s; "
+        "wait for it to finish and retry, or raise FEWTUNE_LOCK_TIMEOUT"
+    )
     with locks.model_lock(path, timeout=0):  # released: free again
         with locks.model_lock(path, timeout=0):  # and re-entrant within a thread
             old.save(path)
@@ -240,18 +271,35 @@ def _cli(*args: str, delay: float = 0.0) -> subprocess.Popen:
         "main(sys.argv[1:])\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_concurrent_adds_keep_both_classes(tiny_backbone, colour_data, models, tmp_path):
     model = fewtune.train(colour_data, "prototype", backbone=tiny_backbone).save(models / "m.fewtune")
     cyan = make_image(tmp_path / "new" / "cyan.png", (30, 220, 220), noise_seed=91)
     pink = make_image(tmp_path / "new" / "pink.png", (240, 120, 200), noise_seed=92)
-    runs = [_cli("add", str(model), str(cyan), "--label", "cyan", delay=1.0), _cli("add", str(model), str(pink), "--label", "pink", delay=1.0)]
+    runs = [
+        _cli("add", str(model), str(cyan), "--label", "cyan", delay=1.0),
+        _cli("add", str(model), str(pink), "--label", "pink", delay=1.0),
+    ]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    assert sorted(fewtune.model.classifier.read_config(model)["classes"]) == ["blue", "cyan", "green", "pink", "red"]
-    assert any("waiting for another fewtune process" in err for _, err in outputs)  # one of them waited, and said so
+    assert sorted(fewtune.model.classifier.read_config(model)["classes"]) == [
+        "blue",
+        "cyan",
+        "green",
+        "pink",
+        "red",
+    ]
+    assert any(
+        "waiting for another fewtune process" in err for _, err in outputs
+    )  # one of them waited, and said so
 
 
 def test_a_writer_that_cannot_get_the_lock_exits_2_with_one_line(tiny_backbone, colour_data, models):
@@ -259,10 +307,16 @@ def test_a_writer_that_cannot_get_the_lock_exits_2_with_one_line(tiny_backbone, 
     with locks.model_lock(model):
         run = subprocess.run(
             [sys.executable, "-m", "fewtune", "remove", str(model), "--label", "red"],
-            env={**os.environ, "PYTHONPATH": SRC, "FEWTUNE_LOCK_TIMEOUT": "0.5"}, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            env={**os.environ, "PYTHONPATH": SRC, "FEWTUNE_LOCK_TIMEOUT": "0.5"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert run.returncode == 2, run.stderr
-    assert "has been updating it for over 0.5 s; wait for it to finish and retry" in run.stderr and "Traceback" not in run.stderr
+    assert (
+        "has been updating it for over 0.5 s; wait for it to finish and retry" in run.stderr
+        and "Traceback" not in run.stderr
+    )
     assert fewtune.model.classifier.read_config(model)["classes"] == ["blue", "green", "red"]
 
 
@@ -271,10 +325,18 @@ def test_eight_concurrent_server_saves_to_one_name_all_succeed(tiny_backbone, mo
 
     from fewtune.app.server import ServerConfig, create_app
 
-    with TestClient(base_url="http://127.0.0.1:8000", app=create_app(tiny_backbone, config=ServerConfig(models_dir=models))) as client:  # a host the server accepts
+    with TestClient(
+        base_url="http://127.0.0.1:8000",
+        app=create_app(tiny_backbone, config=ServerConfig(models_dir=models)),
+    ) as client:  # a host the server accepts
         for name, rgb in (("cyan", (30, 220, 220)), ("pink", (240, 120, 200))):
             image = make_image(tmp_path / f"{name}.png", rgb).read_bytes()
-            assert client.post(f"/classes/{name}/examples", files=[("file", (f"{name}.png", image, "image/png"))]).status_code == 200
+            assert (
+                client.post(
+                    f"/classes/{name}/examples", files=[("file", (f"{name}.png", image, "image/png"))]
+                ).status_code
+                == 200
+            )
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: client.post("/models/save?name=same").status_code, range(8)))
         assert codes == [200] * 8

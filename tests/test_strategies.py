@@ -16,7 +16,9 @@ def blobs(per_class: int, num_classes: int = 3, dim: int = 16, seed: int = 0):
 
 def test_registry():
     assert list_strategies() == ["auto", "prototype", "probe", "finetune"]
-    with pytest.raises(FewtuneError, match="unknown strategy .magic.: use one of auto, prototype, probe, finetune"):
+    with pytest.raises(
+        FewtuneError, match="unknown strategy .magic.: use one of auto, prototype, probe, finetune"
+    ):
         create_strategy("magic")
     with pytest.raises(FewtuneError, match="strategy 'prototype': temperature must be > 0"):
         create_strategy("prototype", temperature=0)
@@ -70,7 +72,9 @@ def test_probe_is_deterministic():
         strategy = Probe(seed=3)
         strategy.fit(features, labels, 3)
         heads.append(strategy.state_dict())
-    assert torch.equal(heads[0]["weight"], heads[1]["weight"]) and torch.equal(heads[0]["bias"], heads[1]["bias"])
+    assert torch.equal(heads[0]["weight"], heads[1]["weight"]) and torch.equal(
+        heads[0]["bias"], heads[1]["bias"]
+    )
 
 
 def test_probe_balances_classes():
@@ -104,7 +108,10 @@ def test_auto_keeps_the_candidate_best_on_held_out_examples():
     strategy = create_strategy("auto")
     strategy.fit(features, labels, 3)
     report = strategy.fit_report()
-    assert report["chosen"] in ("prototype", "probe") and set(report["held_out_accuracy"]) == {"prototype", "probe"}
+    assert report["chosen"] in ("prototype", "probe") and set(report["held_out_accuracy"]) == {
+        "prototype",
+        "probe",
+    }
     best = max(report["held_out_accuracy"].values())
     assert report["held_out_accuracy"][report["chosen"]] == best
     copy = create_strategy("auto", **strategy.hyperparameters())

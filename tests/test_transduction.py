@@ -16,7 +16,9 @@ def blobs(counts: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
     return support, queries, labels
 
 
-def accuracy(strategy: Prototype, support: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(
+    strategy: Prototype, support: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor
+) -> float:
     strategy.fit(support, torch.arange(len(support)), len(support))
     return float((strategy.logits(queries).argmax(1) == labels).float().mean())
 

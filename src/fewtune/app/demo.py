@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.features.backbones import Backbone, create_backbone
 from fewtune.model.classifier import Classifier
-from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.model.training import train
 
 SHOTS = (1, 3)  #: examples per class the demo trains on
@@ -39,15 +39,20 @@ def split(dataset: Dataset, shots: int, holdout_from: int) -> tuple[Dataset, lis
 
     The test photos are the same for every ``shots``, so the rows of the demo are comparable.
     """
-    train_items, test_items, seen = [], [], {}
-    for path, label in zip(dataset.paths, dataset.labels):
+    seen: dict[int, int] = {}
+    train_items: list[tuple[Path, int]] = []
+    test_items: list[tuple[Path, int]] = []
+    for path, label in zip(dataset.paths, dataset.labels, strict=True):
         rank = seen[label] = seen.get(label, -1) + 1
         if rank < shots:
             train_items.append((path, label))
         elif rank >= holdout_from:
             test_items.append((path, label))
     subset = Dataset(
-        paths=[p for p, _ in train_items], labels=[l for _, l in train_items], classes=dataset.classes, source=dataset.source
+        paths=[p for p, _ in train_items],
+        labels=[label for _, label in train_items],
+        classes=dataset.classes,
+        source=dataset.source,
     )
     return subset, test_items
 
@@ -67,14 +72,20 @@ def run_demo(backbone: Backbone | None = None, progress: bool = True) -> list[De
             seconds = time.perf_counter() - started
             truth = [dataset.classes[label] for _, label in test_items]
             mistakes = [
-                (Path(p.path), t, p.label, p.score) for p, t in zip(predictions, truth) if p.label != t
+                (Path(p.path), t, p.label, p.score)
+                for p, t in zip(predictions, truth, strict=True)
+                if p.label != t
             ]
             accuracy = 1 - len(mistakes) / len(test_items)
-            results.append(DemoResult(strategy, shots, accuracy, len(test_items), seconds, mistakes, classifier))
+            results.append(
+                DemoResult(strategy, shots, accuracy, len(test_items), seconds, mistakes, classifier)
+            )
     return results
 
 
-def run_open_set_demo(backbone: Backbone, held_out_class: str = "watch", shots: int = max(SHOTS)) -> tuple[list[str], int, int]:
+def run_open_set_demo(
+    backbone: Backbone, held_out_class: str = "watch", shots: int = max(SHOTS)
+) -> tuple[list[str], int, int]:
     """Train on every class but one, then show it photos of that one: how many come back unknown?
 
     Returns the classes it knows, how many held-out photos it rejected, and how many it saw.
@@ -85,7 +96,10 @@ def run_open_set_demo(backbone: Backbone, held_out_class: str = "watch", shots: 
     known = [c for c in dataset.classes if c != held_out_class]
     remap = {dataset.classes.index(c): i for i, c in enumerate(known)}
     training = Dataset(
-        paths=[subset.paths[i] for i in keep], labels=[remap[subset.labels[i]] for i in keep], classes=known, source=dataset.source
+        paths=[subset.paths[i] for i in keep],
+        labels=[remap[subset.labels[i]] for i in keep],
+        classes=known,
+        source=dataset.source,
     )
     classifier = train(training, "prototype", backbone=backbone)
     photos = sorted((demo_photos() / held_out_class).iterdir())

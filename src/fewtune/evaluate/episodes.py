@@ -61,8 +61,10 @@ def sample_episodes(
     eligible = sorted(c for c, items in by_class.items() if len(items) >= needed)
     if len(eligible) < way:
         raise ValueError(
-            f"{way}-way {shot}-shot with {queries} queries needs {way} classes of at least {needed} items each; "
-            f"only {len(eligible)} of the {len(by_class)} classes have that many: lower --way, --shot(s) or --queries"
+            f"{way}-way {shot}-shot with {queries} queries needs {way} classes of at least {needed} items "
+            "each; "
+            f"only {len(eligible)} of the {len(by_class)} classes have that many: lower --way, --shot(s) or "
+            "--queries"
         )
     rng = np.random.default_rng(seed)
     result = []

@@ -10,8 +10,8 @@ import base64
 import io
 from pathlib import Path
 
-from fewtune.errors import FewtuneError
 from fewtune.data.images import load as load_image
+from fewtune.errors import FewtuneError
 
 
 def jpeg_data_uri(path: str | Path, size: int = 128, quality: int = 80) -> str | None:

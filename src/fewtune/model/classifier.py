@@ -5,6 +5,7 @@ Saving and loading live in :mod:`fewtune.storage.saved_model`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ class Classifier:
         )
 
     def embed(
-        self, inputs: ImageInput | list[ImageInput], *, skip_bad: bool = False, progress: bool = False
+        self, inputs: ImageInput | Sequence[ImageInput], *, skip_bad: bool = False, progress: bool = False
     ) -> tuple[Embeddings, list[int]]:
         """The inputs' embeddings as the head takes them, and the indices (into
         ``expand(inputs)``) of the images kept: all unless ``skip_bad``."""
@@ -102,7 +103,7 @@ class Classifier:
 
     def predict(
         self,
-        inputs: ImageInput | list[ImageInput],
+        inputs: ImageInput | Sequence[ImageInput],
         top_k: int = 1,
         *,
         skip_bad: bool = False,
@@ -136,7 +137,7 @@ class Classifier:
             transductive=transductive,
         )
 
-    def predict_proba(self, inputs: ImageInput | list[ImageInput]) -> np.ndarray:
+    def predict_proba(self, inputs: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """(n, num_classes) calibrated probabilities, columns in the order of ``classes_``.
 
         Takes what :meth:`predict` takes; one row per image, in input order (a folder gives a row per file).
@@ -145,7 +146,7 @@ class Classifier:
         return self.head.probabilities(features).numpy()
 
     def add_examples(
-        self, label: str, inputs: ImageInput | list[ImageInput], *, progress: bool = False
+        self, label: str, inputs: ImageInput | Sequence[ImageInput], *, progress: bool = False
     ) -> int:
         """Add a class from one or more examples, or more examples to a class, and refit.
 

@@ -79,21 +79,28 @@ class Probe(Strategy):
         if self.l2 is not None:
             l2, self._report = self.l2, {"l2": self.l2, "l2_chosen_by": "user"}
         elif int(per_class.min()) >= 3:
-            l2, scores = self._cross_validate(x, labels, num_classes, int(min(self.folds, per_class.min())))
+            l2, scores = self._cross_validate(x, labels, num_classes, min(self.folds, int(per_class.min())))
             self._report = {"l2": l2, "l2_chosen_by": "cross-validation", "cv_accuracy": scores}
         else:
-            l2, self._report = self.default_l2, {"l2": self.default_l2, "l2_chosen_by": "default (< 3 examples in a class)"}
+            l2, self._report = (
+                self.default_l2,
+                {"l2": self.default_l2, "l2_chosen_by": "default (< 3 examples in a class)"},
+            )
         gtol = GTOL if len(labels) <= LARGE_N else LARGE_GTOL
         weight, bias, raw = _solve(x, labels, num_classes, l2, self.max_iter, gtol=gtol)
         self.weight, self.bias = weight.float(), bias.float()
         self._solution = (l2, raw)
 
-    def _cross_validate(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int) -> tuple[float, dict]:
+    def _cross_validate(
+        self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int
+    ) -> tuple[float, dict]:
         full = len(labels) <= LARGE_N
         if not full:  # many examples: 3 folds, on at most CV_CLASSES classes (relabelled 0..m-1)
             k = min(k, 3)
             if num_classes > CV_CLASSES:
-                kept = torch.randperm(num_classes, generator=torch.Generator().manual_seed(self.seed))[:CV_CLASSES]
+                kept = torch.randperm(num_classes, generator=torch.Generator().manual_seed(self.seed))[
+                    :CV_CLASSES
+                ]
                 relabel = torch.full((num_classes,), -1, dtype=torch.long)
                 relabel[kept.sort().values] = torch.arange(CV_CLASSES)
                 rows = relabel[labels] >= 0
@@ -118,7 +125,9 @@ class Probe(Strategy):
             self._held_out = held_out[best]
         return best, {str(l2): round(acc, 4) for l2, (acc, _) in results.items()}
 
-    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    def held_out_logits(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> torch.Tensor | None:
         """Reuses the cross-validation predictions at the chosen l2 when fit() made them."""
         if self._held_out is not None and len(self._held_out) == len(labels):
             return self._held_out
@@ -128,7 +137,7 @@ class Probe(Strategy):
         # many examples: 3 folds at the chosen l2 only, each fold warm-started from the final solution
         l2, solution = self._solution
         x = normalize(features).double()
-        fold = stratified_folds(labels, num_classes, int(min(3, counts.min())), self.seed)
+        fold = stratified_folds(labels, num_classes, min(3, int(counts.min())), self.seed)
         out = torch.empty(len(labels), num_classes)
         for f in range(int(fold.max()) + 1):
             train, test = fold != f, fold == f
@@ -138,7 +147,7 @@ class Probe(Strategy):
         return out
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        if self.weight is None:
+        if self.weight is None or self.bias is None:
             raise RuntimeError("call fit() before logits()")
         return normalize(features) @ self.weight.T + self.bias
 
@@ -152,6 +161,8 @@ class Probe(Strategy):
         }  # fmt: skip
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.weight is None or self.bias is None:
+            raise RuntimeError("call fit() before state_dict()")
         return {"weight": self.weight, "bias": self.bias}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:

@@ -37,7 +37,9 @@ class Prototype(Strategy):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if transductive not in (False, True, "balanced", "proportions"):
-            raise ValueError(f"transductive must be false, true, 'balanced' or 'proportions', got {transductive!r}")
+            raise ValueError(
+                f"transductive must be false, true, 'balanced' or 'proportions', got {transductive!r}"
+            )
         self.temperature = float(temperature)
         self.transductive = transductive
         self.support: torch.Tensor | None = None  # (n, dim), kept for transduction
@@ -54,15 +56,21 @@ class Prototype(Strategy):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.prototypes is None:
             raise RuntimeError("call fit() before logits()")
-        if not self.transductive or len(features) < 2:
+        if not self.transductive or len(features) < 2 or self.support is None or self.support_labels is None:
             return normalize(features) @ self.prototypes.T / self.temperature
         if self.transductive is True:  # the batch decides; where refining does not pay, no transduction
             decided = transduction.decide(self.support, self.support_labels, len(self.prototypes), features)
-            return normalize(features) @ self.prototypes.T / self.temperature if decided is None else decided[0]
+            return (
+                normalize(features) @ self.prototypes.T / self.temperature if decided is None else decided[0]
+            )
         balanced = self.transductive == "balanced"
-        return transduction.log_probabilities(self.support, self.support_labels, len(self.prototypes), features, balanced)
+        return transduction.log_probabilities(
+            self.support, self.support_labels, len(self.prototypes), features, balanced
+        )
 
-    def held_out_logits(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    def held_out_logits(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> torch.Tensor | None:
         """Exact leave-one-out: each example against its own prototype rebuilt without it."""
         counts = torch.bincount(labels, minlength=num_classes)
         if int(counts.min()) < 2:
@@ -73,8 +81,10 @@ class Prototype(Strategy):
         return {"temperature": self.temperature, "transductive": self.transductive}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.prototypes is None or self.sums is None:
+            raise RuntimeError("call fit() before state_dict()")
         state = {"prototypes": self.prototypes, "sums": self.sums}
-        if self.transductive:
+        if self.transductive and self.support is not None and self.support_labels is not None:
             state.update(support=self.support, support_labels=self.support_labels)
         return state
 
