@@ -93,7 +93,7 @@ def calibrate_threshold(
         )
         threshold = max(_conformal_quantile(scores, target), normal)
         how = {
-            "method": "leave-one-out conformal quantile, at least the normal fit's",
+            "method": "leave-one-out conformal quantile, at least the normal-fit quantile",
             "target_known_recall": target,
         }
     else:
