@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import fewtune
-from fewtune.evaluate.benchmark import Images, Setting, build_strategy, run_setting
+from fewtune.evaluate.benchmark import Images, build_strategy, run_setting
 from fewtune.evaluate.episodes import sample_episodes
+from fewtune.evaluate.settings import Setting
 from fewtune.features.embedding import embed_files
 
 

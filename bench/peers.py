@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 import fewtune
-from fewtune.evaluate.benchmark import Images, episode_accuracy, load_episodes, sample_settings, save_episodes
+from fewtune.evaluate.benchmark import Images, episode_accuracy
 from fewtune.evaluate.episodes import mean_ci95
+from fewtune.evaluate.settings import load_episodes, sample_settings, save_episodes
 from fewtune.features.embedding import embed_files
 
 FEWTUNE = ["prototype", "probe", "auto", "prototype:transductive=true", "prototype:transductive=balanced"]

@@ -7,7 +7,7 @@ import fewtune
 from fewtune.app.demo import demo_photos
 from fewtune.data.images import load
 from fewtune.errors import FewtuneError
-from fewtune.features import backbones
+from fewtune.features import backbones, weights
 from fewtune.features.embedding import build_transform
 
 STRAWBERRY = 949  # ImageNet class index
@@ -48,9 +48,9 @@ def test_lukemelas_keys_map_exactly_onto_timm():
     import timm
 
     spec = backbones.REGISTRY["efficientnet_lite0"]
-    state = backbones._read_state_dict(backbones._packaged_weights(spec))
+    state = weights.read_state_dict(weights.packaged_weights(spec))
     model = timm.create_model(spec.timm_name)
-    result = model.load_state_dict(backbones.rename_lukemelas_keys(state, model), strict=False)
+    result = model.load_state_dict(weights.rename_lukemelas_keys(state, model), strict=False)
     assert [k for k in result.missing_keys if not k.endswith("num_batches_tracked")] == []
     assert result.unexpected_keys == []
 
@@ -135,6 +135,4 @@ def test_a_changed_weights_file_is_hashed_again(tmp_path, tiny_weights):
     state["conv_stem.weight"] = state["conv_stem.weight"] + 1
     save_file(state, path)
     after = fewtune.create_backbone("test_efficientnet", weights=path)
-    assert after.built and after.weights_sha256 != before.weights_sha256 == backbones.sha256_file(
-        tiny_weights
-    )
+    assert after.built and after.weights_sha256 != before.weights_sha256 == weights.sha256_file(tiny_weights)

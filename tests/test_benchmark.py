@@ -79,12 +79,14 @@ def test_ctrl_c_keeps_the_partial_results():
     import pytest
     import torch
 
+    from fewtune.errors import Interrupted
     from fewtune.evaluate import benchmark as bench
     from fewtune.evaluate.episodes import sample_episodes
+    from fewtune.evaluate.settings import Setting
 
     labels = [c for c in range(3) for _ in range(4)]
     features = torch.randn(12, 8)
-    setting = bench.Setting(3, 1, 2, 0, sample_episodes(labels, 3, 1, 2, 10))
+    setting = Setting(3, 1, 2, 0, sample_episodes(labels, 3, 1, 2, 10))
     calls = []
 
     def advance(n):
@@ -92,7 +94,7 @@ def test_ctrl_c_keeps_the_partial_results():
         if len(calls) == 14:  # all 10 prototype episodes, then 4 of probe's
             raise KeyboardInterrupt
 
-    with pytest.raises(bench.Interrupted) as stop:
+    with pytest.raises(Interrupted) as stop:
         bench.run_setting(["prototype", "probe"], features, labels, setting, advance)
     done, partial = stop.value.rows
     assert done["episodes"] == 10 and "interrupted" not in done

@@ -10,7 +10,7 @@ import torch
 
 import fewtune
 from fewtune.errors import FewtuneError, Interrupted
-from fewtune.features.backbones import state_sha256
+from fewtune.features.weights import state_sha256
 from fewtune.strategies import Finetune
 from fewtune.strategies.finetune import checkpoints, decision, stages
 from fewtune.strategies.finetune.config import FinetuneConfig
@@ -303,8 +303,9 @@ def test_fine_tuning_real_photos_end_to_end(real_backbone, photo_data, tmp_path)
 
 
 def test_benchmark_fine_tunes_per_episode(tiny_backbone, colour_data):
-    from fewtune.evaluate.benchmark import Images, Setting, run_setting
+    from fewtune.evaluate.benchmark import Images, run_setting
     from fewtune.evaluate.episodes import sample_episodes
+    from fewtune.evaluate.settings import Setting
     from fewtune.features.embedding import embed_files
 
     dataset = fewtune.load_dataset(colour_data)

@@ -15,7 +15,8 @@ from conftest import make_image
 from test_cli import run
 
 import fewtune
-from fewtune.evaluate.compare import Comparison, CurvePoint, _code, _predict_ms, write_report
+from fewtune.evaluate.compare import Comparison, CurvePoint, _predict_ms
+from fewtune.evaluate.compare_report import _code, write_report
 from fewtune.evaluate.evaluation import evaluate, render_html, write_html
 
 ARTIFACTS = Path(os.environ.get("FEWTUNE_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
@@ -129,7 +130,7 @@ class SlowFirstCall:
 
 def test_prediction_latency_is_measured_warm(trained, colour_data):
     backbone = SlowFirstCall(trained.backbone)
-    ms = _predict_ms(backbone, trained.strategy, sorted(colour_data.rglob("*.png"))[:4])
+    ms = _predict_ms(backbone, trained.head, sorted(colour_data.rglob("*.png"))[:4])
     assert backbone.calls == 4 and ms < 500  # the warm-up call is not counted
 
 

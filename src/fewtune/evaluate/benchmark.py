@@ -2,7 +2,8 @@
 
 Features are computed once and shared by all episodes and strategies; each strategy is fitted on
 an episode's support set only (hyperparameters included) and scored on its queries. Episodes can
-be written to / read from JSON (class names and file paths) so other tools can run on the same ones.
+be written to / read from JSON (see :mod:`fewtune.evaluate.settings`) so other tools can run on
+the same ones.
 """
 
 from __future__ import annotations
@@ -19,40 +20,13 @@ import torch
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.data.leakage import Fingerprints, duplicates, fingerprint
 from fewtune.errors import FewtuneError, Interrupted
-from fewtune.evaluate.episodes import Episode, mean_ci95, sample_episodes
+from fewtune.evaluate.episodes import Episode, mean_ci95
+from fewtune.evaluate.settings import Setting, load_episodes, sample_settings
 from fewtune.features.backbones import Backbone, create_backbone
 from fewtune.features.embedding import embed_files
+from fewtune.model.head import Head
 from fewtune.progress import ProgressBar
-from fewtune.storage import atomic
 from fewtune.strategies import Strategy, create_strategy
-
-EPISODES_FORMAT = "fewtune-episodes"
-
-
-@dataclass(frozen=True)
-class Setting:
-    """The episodes of one N-way K-shot setting."""
-
-    way: int
-    shot: int
-    queries: int
-    seed: int
-    episodes: list[Episode]
-
-
-def sample_settings(
-    dataset: Dataset, ways: list[int], shots: list[int], queries: int, episodes: int, seed: int
-) -> list[Setting]:
-    """Seeded episodes for every (way, shot) pair."""
-    settings = []
-    for way in ways:
-        for shot in shots:
-            try:
-                sampled = sample_episodes(dataset.labels, way, shot, queries, episodes, seed)
-            except ValueError as exc:
-                raise FewtuneError(f"{dataset.source}: {exc}") from None
-            settings.append(Setting(way, shot, queries, seed, sampled))
-    return settings
 
 
 def build_strategy(spec: str) -> Strategy:
@@ -84,10 +58,12 @@ def fit_on(
     labels: torch.Tensor,
     num_classes: int,
     images: Images | None,
-) -> Callable[[list[int]], torch.Tensor]:
+) -> tuple[Head, Callable[[list[int]], torch.Tensor]]:
     """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``; returns
-    how to get the features of other items: re-embedded when the strategy fine-tuned the backbone."""
-    return fit_with_backbone(strategy, features, support, labels, num_classes, images)[0]
+    the head that scores them, and how to get the features of other items: re-embedded when the
+    strategy fine-tuned the backbone."""
+    head, embed, _ = fit_with_backbone(strategy, features, support, labels, num_classes, images)
+    return head, embed
 
 
 def fit_with_backbone(
@@ -97,7 +73,7 @@ def fit_with_backbone(
     labels: torch.Tensor,
     num_classes: int,
     images: Images | None,
-) -> tuple[Callable[[list[int]], torch.Tensor], Backbone | None]:
+) -> tuple[Head, Callable[[list[int]], torch.Tensor], Backbone | None]:
     """:func:`fit_on`, also returning the backbone a new image goes through (the tuned one after
     fine-tuning; ``images.backbone`` otherwise): what `compare` times predictions with."""
     support_features = features[support]
@@ -115,7 +91,7 @@ def fit_with_backbone(
             embed = lambda items: embed_files(tuned, [images.paths[i] for i in items], cache=False).features  # noqa: E731
             backbone = tuned
     strategy.fit(support_features, labels, num_classes)
-    return embed, backbone
+    return Head.around(strategy, support_features, labels, num_classes), embed, backbone
 
 
 def episode_accuracy(
@@ -124,8 +100,8 @@ def episode_accuracy(
     """Fit a fresh strategy on the episode's support set and score it on its query set."""
     support, query = (torch.tensor(y) for y in episode.local_labels(labels))
     strategy = build_strategy(spec)
-    embed = fit_on(strategy, features, episode.support, support, len(episode.classes), images)
-    return float((strategy.logits(embed(episode.query)).argmax(dim=1) == query).float().mean())
+    head, embed = fit_on(strategy, features, episode.support, support, len(episode.classes), images)
+    return float((head.probabilities(embed(episode.query)).argmax(dim=1) == query).float().mean())
 
 
 def run_setting(
@@ -192,85 +168,6 @@ def guard_leakage(settings: list[Setting], prints: Fingerprints, dedupe: bool) -
             )
         cleaned.append(Setting(s.way, s.shot, s.queries, s.seed, episodes))
     return cleaned, found
-
-
-def save_episodes(path: Path, dataset: Dataset, settings: list[Setting]) -> None:
-    """Write episodes as class names and file paths (relative to the dataset folder when inside it)."""
-
-    def name(i: int) -> str:
-        p = dataset.paths[i]
-        return str(p.relative_to(dataset.source)) if p.is_relative_to(dataset.source) else str(p)
-
-    data = {
-        "format": EPISODES_FORMAT,
-        "version": 1,
-        "data": str(dataset.source),
-        "settings": [
-            {
-                "way": s.way,
-                "shot": s.shot,
-                "queries": s.queries,
-                "seed": s.seed,
-                "episodes": [
-                    {
-                        "classes": [dataset.classes[c] for c in e.classes],
-                        "support": [name(i) for i in e.support],
-                        "query": [name(i) for i in e.query],
-                    }
-                    for e in s.episodes
-                ],
-            }
-            for s in settings
-        ],
-    }
-    atomic.write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def load_episodes(path: Path, dataset: Dataset) -> list[Setting]:
-    """Read episodes written by :func:`save_episodes` (or by another tool in the same format)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != EPISODES_FORMAT:
-            raise ValueError(f"format is {data.get('format')!r}, expected {EPISODES_FORMAT!r}")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise FewtuneError(
-            f"{path}: not a fewtune episodes file ({exc}); write one with `fewtune benchmark --save-episodes`"
-        ) from None
-    index = {}
-    for i, p in enumerate(dataset.paths):
-        index[str(p)] = i
-        if p.is_relative_to(dataset.source):
-            index[str(p.relative_to(dataset.source))] = i
-    classes = {c: i for i, c in enumerate(dataset.classes)}
-
-    def lookup(item: str) -> int:
-        if item not in index:
-            raise FewtuneError(
-                f"{path}: episode image {item!r} is not in {dataset.source}; use the same data folder"
-            )
-        return index[item]
-
-    settings = []
-    for s in data["settings"]:
-        episodes = []
-        for e in s["episodes"]:
-            unknown = [c for c in e["classes"] if c not in classes]
-            if unknown:
-                raise FewtuneError(
-                    f"{path}: episode class {unknown[0]!r} is not in {dataset.source}; "
-                    "use the same data folder"
-                )
-            episodes.append(
-                Episode(
-                    [classes[c] for c in e["classes"]],
-                    [lookup(p) for p in e["support"]],
-                    [lookup(p) for p in e["query"]],
-                )
-            )
-        settings.append(
-            Setting(int(s["way"]), int(s["shot"]), int(s["queries"]), int(s.get("seed", 0)), episodes)
-        )
-    return settings
 
 
 def prepare_episodes(

@@ -76,6 +76,15 @@ class Head:
     fit_report: dict[str, Any] = field(default_factory=dict)
     _prototypes: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
+    @classmethod
+    def around(
+        cls, strategy: Strategy, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> Head:
+        """A head on a strategy already fitted to ``features``, for closed-set scoring (benchmark,
+        compare): temperature 1 and no calibration, which leave every answer's class unchanged."""
+        classes = [str(c) for c in range(num_classes)]
+        return cls(strategy, classes, Embeddings.frozen(features), labels, OpenSet(enabled=False))
+
     def fit(self) -> None:
         """Fit the strategy, then the temperature and the unknown threshold on predictions the
         model was not trained on: the strategy's held-out predictions (see

@@ -38,7 +38,8 @@ from safetensors.torch import save_file
 
 from fewtune._version import __version__
 from fewtune.errors import FewtuneError
-from fewtune.features.backbones import REGISTRY, Backbone, create_backbone, state_sha256
+from fewtune.features.backbones import REGISTRY, Backbone, create_backbone
+from fewtune.features.weights import state_sha256
 from fewtune.model.classifier import Classifier
 from fewtune.model.head import Embeddings, Head
 from fewtune.model.openset import OpenSet

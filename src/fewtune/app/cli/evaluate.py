@@ -115,6 +115,7 @@ def benchmark(
     """Episodic N-way K-shot evaluation on your own data: every strategy on exactly the same
     episodes, mean accuracy with a 95% confidence interval. Images are embedded once."""
     from fewtune.evaluate import benchmark as bench
+    from fewtune.evaluate.settings import save_episodes as write_episodes
 
     specs = [s.strip() for s in strategies.split(",") if s.strip()]
     dataset, settings, leaked = bench.prepare_episodes(
@@ -129,7 +130,7 @@ def benchmark(
             highlight=False,
         )
     if save_episodes:
-        bench.save_episodes(save_episodes, dataset, settings)
+        write_episodes(save_episodes, dataset, settings)
     rows, interrupted = bench.run_benchmark(
         dataset, settings, specs, backbone=backbone, weights=weights, progress=not quiet
     )
@@ -178,7 +179,8 @@ def compare(
     """Learning curves: accuracy (95% CI), training time and prediction latency of each strategy
     against examples per class, on a fixed held-out split of your data; writes an HTML report and
     says which strategy to use."""
-    from fewtune.evaluate.compare import compare_data, write_report
+    from fewtune.evaluate.compare import compare_data
+    from fewtune.evaluate.compare_report import write_report
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     result = compare_data(
