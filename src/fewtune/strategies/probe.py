@@ -166,6 +166,8 @@ class Probe(Strategy):
         return {"weight": self.weight, "bias": self.bias}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["weight"].ndim != 2 or state["bias"].shape != state["weight"].shape[:1]:
+            raise ValueError("weight must be (classes, dim) and bias (classes,)")
         self.weight, self.bias = state["weight"].float(), state["bias"].float()
 
 

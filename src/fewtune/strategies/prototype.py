@@ -89,6 +89,8 @@ class Prototype(Strategy):
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["prototypes"].ndim != 2 or state["sums"].shape != state["prototypes"].shape:
+            raise ValueError("prototypes and sums must be (classes, dim) matrices")
         self.prototypes = state["prototypes"].float()
         self.sums = state["sums"].float()
         if "support" in state:
