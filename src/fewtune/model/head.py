@@ -99,12 +99,14 @@ class Head:
             # classes changed since the body was tuned: its held-out predictions are gone, the
             # temperature they gave still describes how confident the tuned body is
             self.calibration = {**self.calibration, "kept": "classes changed since fine-tuning"}
-        elif held_out is None:
-            self.temperature = 1.0
-            self.calibration = {
-                "temperature": 1.0,
-                "method": "none (nothing to hold out: a class has one example)",
-            }
+        elif held_out is None:  # a class has one example
+            self.temperature = self.strategy.one_shot_temperature
+            how = (
+                "held-out predictions of other tasks (one example a class here: none of its own to hold out)"
+                if self.temperature != 1.0
+                else "none (nothing to hold out: a class has one example)"
+            )
+            self.calibration = {"temperature": self.temperature, "method": how}
         else:
             logits, truth, how = held_out
             self.temperature, self.calibration = fit_temperature(logits, truth)

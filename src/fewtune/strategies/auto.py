@@ -157,6 +157,10 @@ class Auto(Strategy):
         return self._require().held_out(features, labels, num_classes)
 
     @property
+    def one_shot_temperature(self) -> float:
+        return 1.0 if self.chosen is None else self.chosen.one_shot_temperature
+
+    @property
     def body_tuned(self) -> bool:
         return self.chosen is not None and self.chosen.body_tuned
 

@@ -89,6 +89,13 @@ class Strategy(abc.ABC):
         """Restore what :meth:`state_dict` returned."""
 
     @property
+    def one_shot_temperature(self) -> float:
+        """The temperature when nothing can be held out (a class has one example): fitted on
+        held-out predictions of *other* tasks instead, development episodes of the shared data
+        (see docs/benchmarks.md, "one example per class"). 1 = the strategy's own scores."""
+        return 1.0
+
+    @property
     def body_tuned(self) -> bool:
         """Whether the embeddings this strategy scores come from a body it fine-tuned on the
         support images (see :meth:`held_out`): then a temperature fitted once stays when the
