@@ -51,21 +51,6 @@ class Images:
     paths: list[Path]
 
 
-def fit_on(
-    strategy: Strategy,
-    features: torch.Tensor,
-    support: list[int],
-    labels: torch.Tensor,
-    num_classes: int,
-    images: Images | None,
-) -> tuple[Head, Callable[[list[int]], torch.Tensor]]:
-    """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``; returns
-    the head that scores them, and how to get the features of other items: re-embedded when the
-    strategy fine-tuned the backbone."""
-    head, embed, _ = fit_with_backbone(strategy, features, support, labels, num_classes, images)
-    return head, embed
-
-
 def fit_with_backbone(
     strategy: Strategy,
     features: torch.Tensor,
@@ -74,8 +59,11 @@ def fit_with_backbone(
     num_classes: int,
     images: Images | None,
 ) -> tuple[Head, Callable[[list[int]], torch.Tensor], Backbone | None]:
-    """:func:`fit_on`, also returning the backbone a new image goes through (the tuned one after
-    fine-tuning; ``images.backbone`` otherwise): what `compare` times predictions with."""
+    """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``.
+
+    Returns the head that scores, how to get the features of other items (re-embedded when the
+    strategy fine-tuned the backbone), and the backbone a new image goes through (the tuned one
+    after fine-tuning; ``images.backbone`` otherwise): what `compare` times predictions with."""
     support_features = features[support]
     embed: Callable[[list[int]], torch.Tensor] = lambda items: features[items]  # noqa: E731
     backbone = images.backbone if images is not None else None
@@ -100,7 +88,9 @@ def episode_accuracy(
     """Fit a fresh strategy on the episode's support set and score it on its query set."""
     support, query = (torch.tensor(y) for y in episode.local_labels(labels))
     strategy = build_strategy(spec)
-    head, embed = fit_on(strategy, features, episode.support, support, len(episode.classes), images)
+    head, embed, _ = fit_with_backbone(
+        strategy, features, episode.support, support, len(episode.classes), images
+    )
     return float((head.probabilities(embed(episode.query)).argmax(dim=1) == query).float().mean())
 
 
