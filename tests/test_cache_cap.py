@@ -135,3 +135,16 @@ def test_bad_cap_is_a_one_line_error(capsys, monkeypatch, colour_data, tmp_path,
         and err.startswith("error: FEWTUNE_CACHE_MAX_MB='two gigs'")
         and len(err.strip().splitlines()) == 1
     )
+
+
+def test_one_row_writes_check_the_cap_at_most_every_few_seconds(tmp_path, monkeypatch):
+    """A single predict writes one row; checking the cap stats every cache file, so it is
+    throttled there, while a batch (a training run) always checks."""
+    cache = FeatureCache(tmp_path, "f" * 64, DIM, max_bytes=1 << 30)
+    checks = []
+    monkeypatch.setattr(FeatureCache, "_evict", lambda self: checks.append(1))
+    for i in range(5):
+        cache.put_many(rows(f"one{i}-", 1))
+    assert len(checks) == 1
+    cache.put_many(rows("batch", 3))
+    assert len(checks) == 2

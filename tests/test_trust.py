@@ -57,7 +57,9 @@ def frozen(tiny_backbone, colour_data):
     return fewtune.train(colour_data, "probe", backbone=tiny_backbone)
 
 
-def test_one_example_per_class_gets_the_temperature_fitted_on_other_tasks(tiny_backbone, colour_data, tmp_path):
+def test_one_example_per_class_gets_the_temperature_fitted_on_other_tasks(
+    tiny_backbone, colour_data, tmp_path
+):
     """At 1 shot nothing can be held out; the temperature measured on development episodes of
     other classes applies (T = 1 left Caltech-101 1-shot probabilities 22-36 points under-confident)."""
     one_each = tmp_path / "one"
@@ -65,14 +67,18 @@ def test_one_example_per_class_gets_the_temperature_fitted_on_other_tasks(tiny_b
         (one_each / folder.name).mkdir(parents=True)
         first = sorted(folder.iterdir())[0]
         (one_each / folder.name / first.name).write_bytes(first.read_bytes())
-    frozen = {"candidates": ["probe", "prototype"]}  # random tiny weights look unlike ImageNet: auto would tune
+    frozen = {
+        "candidates": ["probe", "prototype"]
+    }  # random tiny weights look unlike ImageNet: auto would tune
     for strategy, settings in (("prototype", {}), ("probe", {}), ("auto", frozen)):
         classifier = fewtune.train(one_each, strategy, backbone=tiny_backbone, **settings)
         assert classifier.temperature == 0.5, strategy
         assert "other tasks" in classifier.calibration["method"]
         loaded = fewtune.load(classifier.save(tmp_path / f"{strategy}.fewtune"), backbone=tiny_backbone)
         assert loaded.temperature == 0.5
-    assert fewtune.train(one_each, "probe", backbone=tiny_backbone, l2=0.01).temperature == 1.0  # not measured
+    assert (
+        fewtune.train(one_each, "probe", backbone=tiny_backbone, l2=0.01).temperature == 1.0
+    )  # not measured
 
 
 def test_an_unknown_answer_never_carries_a_probability_of_one(frozen, colour_data):
