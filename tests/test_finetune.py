@@ -14,7 +14,7 @@ from fewtune.features.weights import state_sha256
 from fewtune.strategies import Finetune
 from fewtune.strategies.finetune import checkpoints, decision, stages
 from fewtune.strategies.finetune.config import FinetuneConfig
-from fewtune.strategies.finetune.decision import imagenet_familiarity, leave_one_out_accuracy
+from fewtune.strategies.finetune.decision import choose_body, imagenet_familiarity, leave_one_out_accuracy
 from fewtune.strategies.finetune.head import CosineHead
 from fewtune.strategies.finetune.loop import tune_body
 from fewtune.strategies.finetune.lr_finder import lr_find
@@ -272,8 +272,7 @@ def test_auto_at_one_shot_asks_the_imagenet_classifier(real_backbone, photo_data
     dataset = fewtune.load_dataset(photo_data)
     features = embed_files(real_backbone, dataset.paths[::3]).features
     assert imagenet_familiarity(real_backbone, features) > 0.25  # real photos of ImageNet-like objects
-    strategy = Finetune()
-    top, why = strategy._choose_body(real_backbone, features, torch.arange(3), 3)
+    top, why = choose_body(Finetune().config, real_backbone, features, torch.arange(3), 3)
     assert top == 0 and "ImageNet-like" in why
 
 
@@ -286,9 +285,11 @@ def test_auto_never_starts_a_tune_on_imagenet_like_photos(real_backbone, photo_d
     dataset = fewtune.load_dataset(photo_data)
     features = embed_files(real_backbone, dataset.paths).features
     labels = torch.tensor(dataset.labels)
-    top, why = Finetune()._choose_body(real_backbone, features, labels, 3, require_gain=True)
+    top, why = choose_body(Finetune().config, real_backbone, features, labels, 3, require_gain=True)
     assert top == 0 and "ImageNet-like" in why
-    top, _ = Finetune()._choose_body(real_backbone, features, labels, 3)  # --strategy finetune: may tune
+    top, _ = choose_body(
+        Finetune().config, real_backbone, features, labels, 3
+    )  # --strategy finetune: may tune
     assert top == decision.AUTO_TOP
 
 

@@ -118,7 +118,7 @@ class Finetune(Strategy):
         """
         check_support(features, labels, num_classes)
         self._cross_fit = None
-        top, why = self._choose_body(backbone, features, labels, num_classes, require_gain)
+        top, why = decision.choose_body(self.config, backbone, features, labels, num_classes, require_gain)
         self.tuning = {
             "unfreeze": "none" if top == 0 else ("all" if top is None else f"top:{top}"),
             "why": why,
@@ -197,18 +197,6 @@ class Finetune(Strategy):
             "frozen_correct": max(frozen.values()),
             "frozen_correct_by_strategy": frozen,
         }
-
-    def _choose_body(
-        self,
-        backbone: Backbone,
-        features: torch.Tensor,
-        labels: torch.Tensor,
-        num_classes: int,
-        require_gain: bool = False,
-    ) -> tuple[int | None, str]:
-        """How many stages to open (0 = none, None = all), and why: see
-        :func:`~fewtune.strategies.finetune.decision.choose_body`."""
-        return decision.choose_body(self.config, backbone, features, labels, num_classes, require_gain)
 
     # --- embeddings: the head ------------------------------------------------------------------
 
