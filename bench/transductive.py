@@ -66,8 +66,9 @@ def model_level_accuracy(features: torch.Tensor, labels: list[int], episode: Epi
     support, batch, way = features[episode.support], features[episode.query], len(episode.classes)
     probe = Probe()
     probe.fit(support, support_labels, way)
-    decided = transduction.decide(support, support_labels, way, batch)
-    logits = probe.logits(batch) if decided is None else decided[0]
+    inductive = probe.logits(batch)
+    decided = transduction.decide(support, support_labels, way, batch, inductive.argmax(1))
+    logits = inductive if decided is None else decided[0]
     return float((logits.argmax(1) == query_labels).float().mean())
 
 

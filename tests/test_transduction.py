@@ -66,3 +66,18 @@ def test_a_transductive_prototype_survives_its_state_dict():
 def test_unknown_transductive_mode_is_refused():
     with pytest.raises(ValueError, match="'balanced'"):
         Prototype(transductive="even")
+
+
+def test_a_balanced_assignment_that_overturns_the_models_answers_is_refused():
+    """With 2+ examples a class, a balanced assignment may change no more of the model's own
+    answers than the support set's leave-one-out error rate (at least MIN_CHANGES)."""
+    centres, queries, labels = blobs([20, 20, 20, 20], seed=3)
+    generator = torch.Generator().manual_seed(4)
+    support = torch.cat([centres, centres + torch.rand(centres.shape, generator=generator) * 0.1])
+    support_labels = torch.arange(4).repeat(2)
+    decided = transduction.decide(support, support_labels, 4, queries)
+    assert decided is not None and decided[1] == "balanced"
+    agreeing = decided[0].argmax(1)
+    again = transduction.decide(support, support_labels, 4, queries, agreeing)
+    assert again is not None and torch.equal(again[0].argmax(1), agreeing)
+    assert transduction.decide(support, support_labels, 4, queries, (agreeing + 1) % 4) is None

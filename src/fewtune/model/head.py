@@ -154,9 +154,10 @@ class Head:
         reject = settings.enabled if open_set is None else open_set
         threshold = settings.threshold if unknown_threshold is None else unknown_threshold
         unknown = settings.unknown_label if unknown_label is None else unknown_label
-        probabilities = self._transductive(batch.features, transductive) if transductive else None
-        if probabilities is None:
-            probabilities = self.probabilities(batch.features)
+        probabilities = self.probabilities(batch.features)  # the inductive answer
+        if transductive:
+            refined = self._transductive(batch.features, transductive, probabilities.argmax(1))
+            probabilities = probabilities if refined is None else refined
         scores_novelty = self.novelty(batch.novelty)
         doubt = unknown_probability(
             scores_novelty, threshold, float(settings.calibration.get("spread", 0.05))
@@ -186,14 +187,17 @@ class Head:
             )
         return results
 
-    def _transductive(self, features: torch.Tensor, mode: bool | str) -> torch.Tensor | None:
-        """Probabilities of the batch refined on itself, or None where the inductive answer stands."""
+    def _transductive(
+        self, features: torch.Tensor, mode: bool | str, inductive: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Probabilities of the batch refined on itself, or None where the inductive answer
+        (``inductive``: its classes) stands."""
         if len(features) < 2:
             return None
         support, labels, num_classes = self.support.features, self.labels, len(self.classes)
         if mode == "balanced":
             return transduction.log_probabilities(support, labels, num_classes, features, True).exp()
-        decided = transduction.decide(support, labels, num_classes, features)
+        decided = transduction.decide(support, labels, num_classes, features, inductive)
         return None if decided is None else decided[0].exp()
 
     def add(self, label: str, batch: Embeddings) -> None:
