@@ -104,15 +104,19 @@ def test_cache_info_and_clear(capsys, monkeypatch, tmp_path):
     cache.put_many(rows("a", 7))
     cache.close()
     (tmp_path / "notes.txt").write_text("not fewtune's")
+    (tmp_path / "classifiers").mkdir()
+    (tmp_path / "classifiers" / "abc.safetensors").write_bytes(b"x" * 100)  # what `auto` consults
 
     code, out, _ = run(capsys, "cache", "info")
     assert code == 0
     assert f"feature cache: {tmp_path}" in out and "of 64.0 MB (FEWTUNE_CACHE_MAX_MB)" in out
     assert "features-fingerprint.sqlite: 7 embeddings" in out and "last used" in out
+    assert "classifiers/: 1 ImageNet classifiers" in out
 
     code, out, _ = run(capsys, "cache", "clear")
-    assert code == 0 and out.startswith("cleared 1 cache files,")
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert code == 0 and out.startswith("cleared 2 cache files,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifiers", "notes.txt"]
+    assert not list((tmp_path / "classifiers").iterdir())
     code, out, _ = run(capsys, "cache", "info")
     assert "empty" in out
 

@@ -304,4 +304,18 @@ def clear(directory: str | Path) -> tuple[int, int]:
                 raise FewtuneError(f"{file}: cannot delete ({exc.strerror}); check its permissions") from None
             freed += size
         files += 1
+    for kept in classifier_files(directory):  # see Backbone.imagenet_classifier
+        try:
+            size = kept.stat().st_size
+            kept.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise FewtuneError(f"{kept}: cannot delete ({exc.strerror}); check its permissions") from None
+        freed, files = freed + size, files + 1
     return files, freed
+
+
+def classifier_files(directory: str | Path) -> list[Path]:
+    """The ImageNet classifiers kept beside the caches (see ``Backbone.imagenet_classifier``)."""
+    return sorted((Path(directory) / "classifiers").glob("*.safetensors"))

@@ -16,10 +16,11 @@ def cache_info() -> None:
     """Where the feature cache is, what it holds and its size cap ($FEWTUNE_CACHE_MAX_MB, default 2048)."""
     from datetime import UTC, datetime
 
-    from fewtune.features.cache import default_cache_dir, describe, max_cache_bytes
+    from fewtune.features.cache import classifier_files, default_cache_dir, describe, max_cache_bytes
 
     folder, cap = default_cache_dir(), max_cache_bytes()
     files = describe(folder)
+    classifiers = classifier_files(folder)
     source = "FEWTUNE_CACHE_MAX_MB"
     if not os.environ.get("FEWTUNE_CACHE_MAX_MB", "").strip():
         source = "default; set FEWTUNE_CACHE_MAX_MB to change"
@@ -38,7 +39,14 @@ def cache_info() -> None:
             else ""
         )
         out.print(f"  {f.path.name}: {rows}, {megabytes(f.bytes)}{used}", highlight=False, soft_wrap=True)
-    if not files:
+    if classifiers:
+        kept = megabytes(sum(p.stat().st_size for p in classifiers if p.exists()))
+        out.print(
+            f"  classifiers/: {len(classifiers)} ImageNet classifiers that `auto` consults, {kept}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not files and not classifiers:
         out.print("  empty", highlight=False, soft_wrap=True)
 
 
