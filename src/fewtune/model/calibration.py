@@ -19,16 +19,19 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     A handful of held-out predictions that are all right cannot prove certainty, yet plain NLL
     then drives T to its lower bound and every probability to 1 (seen: T = 0.024 on 25 Caltech
     photos). So, as Platt (1999) does for his sigmoid, the target of the right class is
-    (n + 1) / (n + 2) for n held-out predictions rather than 1 (the rest shared by the other
-    classes): what Laplace's rule of succession allows after n successes. With many predictions
-    the targets tend to one-hot and the fit to plain temperature scaling.
+    (n + 1/2) / (n + 1) for n held-out predictions rather than 1 (the rest shared by the other
+    classes): the estimate after n successes under Jeffreys' prior. Laplace's (n + 1) / (n + 2),
+    used before, left 5-shot answers under-confident: on 60 development episodes (seed 0, 5-way
+    5-shot, pooled) ECE 4.7-7.3 against 2.4-4.2 now, for `probe` and `prototype` on Caltech-101,
+    Omniglot and 32-px Caltech. With many predictions the targets tend to one-hot and the fit to
+    plain temperature scaling.
 
     Args:
         logits: (n, num_classes) held-out logits; labels: (n,) their true classes.
     """
     logits = logits.double()
     n, num_classes = logits.shape
-    right = (n + 1) / (n + 2)
+    right = (n + 0.5) / (n + 1)
     targets = torch.full((n, num_classes), (1 - right) / max(num_classes - 1, 1), dtype=torch.float64)
     targets[torch.arange(n), labels] = right
 
