@@ -2,9 +2,9 @@
 
 `auto` tunes a 1-shot task when the mean ImageNet top-1 probability of its support images is
 below a gate (``FAMILIARITY_ONE_SHOT``). This reruns, on the same seeded episodes as
-``bench/default_path.py``, the tasks between two candidate gates with ``auto`` (which tunes
-them while the gate is above LOW) and with ``probe``, and sums the differences: what moving the
-gate down to LOW would change in the 100-episode accuracy.
+``bench/default_path.py``, the tasks between two candidate gates with ``auto`` (the gate set to
+HIGH for the run, so it tunes them) and with ``probe``, and sums the differences: what the gate
+at LOW instead of HIGH changes in the 100-episode accuracy.
 
     python bench/one_shot_gate.py ../shared/data/omniglot --seed 0 --low 0.13 --high 0.15
 """
@@ -24,6 +24,7 @@ from default_path import run_episode  # noqa: E402
 import fewtune  # noqa: E402
 from fewtune.evaluate.episodes import sample_episodes  # noqa: E402
 from fewtune.features.embedding import embed_files  # noqa: E402
+from fewtune.strategies.finetune import decision  # noqa: E402
 from fewtune.strategies.finetune.decision import imagenet_familiarity  # noqa: E402
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--low", type=float, default=0.13)
     parser.add_argument("--high", type=float, default=0.15)
     args = parser.parse_args()
+    decision.FAMILIARITY_ONE_SHOT = args.high  # read at call time: auto tunes every task below HIGH
     backbone = fewtune.create_backbone()
     dataset = fewtune.load_dataset(args.data)
     features = embed_files(backbone, dataset.paths).features
