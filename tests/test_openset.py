@@ -8,9 +8,9 @@ from test_strategies import blobs
 
 import fewtune
 from fewtune.errors import FewtuneError
+from fewtune.geometry import class_means
 from fewtune.model.calibration import expected_calibration_error, fit_temperature
 from fewtune.model.openset import calibrate_threshold, novelty
-from fewtune.strategies.base import class_means
 
 
 def test_novelty_grows_away_from_every_class():

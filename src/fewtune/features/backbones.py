@@ -95,6 +95,10 @@ class Backbone:
     tuned_sha256: str | None = None
     _model: TimmModel | None = field(default=None, repr=False, compare=False)
     _build: Callable[[], TimmModel] | None = field(default=None, repr=False, compare=False)
+    #: (the ImageNet classifier or None,) once read: benchmarks and servers ask once per fit
+    _imagenet: tuple[tuple[torch.Tensor, torch.Tensor] | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def model(self) -> TimmModel:
@@ -138,6 +142,11 @@ class Backbone:
         when it has none. Kept beside the feature caches (5 MB for EfficientNet-Lite0) so a run
         served from the cache can ask it how ImageNet-like the images are without building the
         network; a tuned body keeps the pretrained classifier (only body stages are tuned)."""
+        if self._imagenet is None:
+            self._imagenet = (self._read_imagenet_classifier(),)
+        return self._imagenet[0]
+
+    def _read_imagenet_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, save
 

@@ -295,25 +295,25 @@ def clear(directory: str | Path) -> tuple[int, int]:
     files, freed = 0, 0
     for entry in describe(directory):
         for file in (entry.path, Path(f"{entry.path}-wal"), Path(f"{entry.path}-shm")):
-            try:
-                size = file.stat().st_size
-                file.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise FewtuneError(f"{file}: cannot delete ({exc.strerror}); check its permissions") from None
-            freed += size
+            freed += _delete(file) or 0
         files += 1
     for kept in classifier_files(directory):  # see Backbone.imagenet_classifier
-        try:
-            size = kept.stat().st_size
-            kept.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise FewtuneError(f"{kept}: cannot delete ({exc.strerror}); check its permissions") from None
-        freed, files = freed + size, files + 1
+        size = _delete(kept)
+        if size is not None:
+            freed, files = freed + size, files + 1
     return files, freed
+
+
+def _delete(file: Path) -> int | None:
+    """Delete ``file``, returning the bytes freed, or None if it was already gone."""
+    try:
+        size = file.stat().st_size
+        file.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FewtuneError(f"{file}: cannot delete ({exc.strerror}); check its permissions") from None
+    return size
 
 
 def classifier_files(directory: str | Path) -> list[Path]:

@@ -13,9 +13,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from fewtune.geometry import class_means as class_means
-from fewtune.geometry import normalize as normalize
-
 if TYPE_CHECKING:
     from fewtune.features.backbones import Backbone
 

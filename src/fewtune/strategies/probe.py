@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fewtune.strategies.base import Strategy, check_support, normalize, stratified_folds
+from fewtune.geometry import normalize
+from fewtune.strategies.base import Strategy, check_support, stratified_folds
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 #: Above this many support examples, cross-validation uses at most 3 folds and ...
