@@ -139,3 +139,12 @@ def test_bench_hint():
     )
     assert done.returncode == 1
     assert done.stderr.strip().endswith('install them with pip install -e ".[bench]"'), done.stderr
+
+
+def test_a_class_name_with_a_newline_is_refused_in_one_line(capsys, tmp_path, tiny_flags):
+    """A folder name may hold a newline; as a class name it would break every line it is printed in."""
+    for c, (name, rgb) in enumerate(zip(["scis\nsors", "plain"], COLOURS.values(), strict=False)):
+        for i in range(2):
+            make_image(tmp_path / "data" / name / f"{i}.png", rgb, noise_seed=10 * c + i)
+    code, _, err = run(capsys, "train", tmp_path / "data", "-o", tmp_path / "m.fewtune", *tiny_flags)
+    assert code == 2 and "'scis\\nsors' holds a newline" in err and len(err.strip().splitlines()) == 1

@@ -237,6 +237,8 @@ def check_class_names(classes: list[str], unknown_label: str) -> None:
     for name in classes:
         if not name or name != name.strip():
             raise FewtuneError(f"class name {name!r} is empty or has surrounding spaces; rename it")
+        if not name.isprintable():  # a newline would break every line and table a name is printed in
+            raise FewtuneError(f"class name {name!r} holds a newline or another control character; rename it")
         if name == unknown_label:
             raise FewtuneError(
                 f"a class is named {name!r}, the label given to inputs of no known class; rename the class "

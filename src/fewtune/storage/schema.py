@@ -79,6 +79,10 @@ def _check(config: dict[str, Any]) -> None:
             raise _Bad(
                 f"classes[{i}]", f"expected a non-empty name without surrounding spaces, got {name!r:.80}"
             )
+        if not name.isprintable():
+            raise _Bad(
+                f"classes[{i}]", f"expected a name without newlines or control characters, got {name!r:.80}"
+            )
     if len(set(classes)) != len(classes):
         raise _Bad("classes", "names are not distinct")
 
