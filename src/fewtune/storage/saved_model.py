@@ -294,7 +294,9 @@ def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Ten
                 )
             return {key: opened.get_tensor(key) for key in opened.keys()}
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-        if save_id is not None and _save_id_now(path) != save_id:
+        # raced too when the folder read from was moved away meanwhile: between the two renames
+        # of a fallback save, the old save lives on only in the retired copy
+        if save_id is not None and (save_id != _save_id_now(path) or save_id != _save_id_in(file.parent)):
             raise _Raced from None
         raise FewtuneError(
             f"{path}/{file.name}: missing or damaged tensor file ({exc}); train the classifier again"
@@ -302,8 +304,12 @@ def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Ten
 
 
 def _save_id_now(path: Path) -> str | None:
+    return _save_id_in(resolve(path))
+
+
+def _save_id_in(folder: Path) -> str | None:
     try:
-        return json.loads((resolve(path) / "config.json").read_text(encoding="utf-8")).get("save_id")
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("save_id")
     except (OSError, ValueError, AttributeError):
         return None
 
