@@ -210,10 +210,18 @@ def test_leave_one_out_accuracy_holds_each_example_out():
 
 
 def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(
-    tiny_backbone, colour_data, tmp_path
+    tiny_backbone, colour_data, tmp_path, monkeypatch
 ):
+    import fewtune.strategies.finetune.strategy as module
+
+    tunes = []
+    monkeypatch.setattr(module, "tune_body", _counting(module.tune_body, tunes))
     before = state_sha256(tiny_backbone.model.state_dict())
     classifier = fewtune.train(colour_data, "finetune", backbone=tiny_backbone, unfreeze="top:2", **FAST)
+    # --strategy finetune tunes once: no cross-fitted tune (only auto needs its evidence), and the
+    # tuned body keeps its head's own scale
+    assert len(tunes) == 1 and "cross_fit" not in classifier.fit_report["body"]
+    assert classifier.temperature == 1.0 and classifier.calibration["tuned_body"]
     assert state_sha256(tiny_backbone.model.state_dict()) == before and tiny_backbone.tuned_sha256 is None
     assert classifier.backbone.tuned_sha256 == state_sha256(classifier.backbone.model.state_dict())
     assert (
@@ -246,6 +254,14 @@ def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(
     (path / "body.safetensors").write_bytes((path / "body.safetensors").read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(FewtuneError, match="body.safetensors: does not match the hash"):
         fewtune.load(path, backbone=tiny_backbone)
+
+
+def _counting(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counted
 
 
 def test_unfreeze_none_trains_the_head_on_cached_features_only(tiny_backbone, colour_data):

@@ -95,8 +95,8 @@ class Strategy(abc.ABC):
     @property
     def body_tuned(self) -> bool:
         """Whether the embeddings this strategy scores come from a body it fine-tuned on the
-        support images (see :meth:`held_out`): then a temperature fitted once stays when the
-        classes change, since the tuned body's own support predictions cannot refit it."""
+        support images: then every support prediction was trained on, and the head keeps its own
+        scale (temperature 1, see :data:`fewtune.model.head.TUNED_BODY`)."""
         return False
 
     def fit_report(self) -> dict[str, Any]:
@@ -124,8 +124,7 @@ class Strategy(abc.ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         """Predictions of support examples by a model not trained on them, for calibration:
         ``(logits, their labels, how they were made)``, or None when nothing can be held out.
-        By default :meth:`held_out_logits` on every example; a strategy that also trains on the
-        images (a tuned body) overrides this with predictions of images held out of tuning."""
+        By default :meth:`held_out_logits` on every example."""
         logits = self.held_out_logits(features, labels, num_classes)
         return None if logits is None else (logits, labels, "held-out support predictions")
 

@@ -92,6 +92,8 @@ def describe_fit(fit: dict) -> list[str]:
 def describe_calibration(calibration: dict) -> str:
     if calibration.get("temperature", 1.0) == 1.0 and "nll_before" not in calibration:
         method = calibration.get("method", "none")
+        if calibration.get("tuned_body"):
+            return f"probabilities: temperature 1, {method.removeprefix('none: ')}"
         return f"probabilities: not calibrated ({method}); 2+ examples per class enable it"
     method = str(calibration.get("method", "temperature scaling on held-out support predictions"))
     held_out = f"{calibration['held_out_predictions']} " if "held_out_predictions" in calibration else ""

@@ -2,8 +2,8 @@
 
 One concept a module, in the order the strategy uses them:
 
-- :mod:`.strategy`: :class:`Finetune` itself: decides, tunes a copy of the body (cross-fitted when
-  every class has 2+ images), fits the head on the embeddings.
+- :mod:`.strategy`: :class:`Finetune` itself: decides, tunes a copy of the body (first
+  cross-fitted when ``auto`` asks for held-out evidence), fits the head on the embeddings.
 - :mod:`.decision`: whether tuning can pay, from the support set (``HEADROOM``, ``FAMILIARITY``,
   ``AUTO_TOP``...), and how long it will take.
 - :mod:`.config`: :class:`FinetuneConfig` (every knob) and the ``--unfreeze`` forms.

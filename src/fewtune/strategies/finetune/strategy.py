@@ -57,8 +57,6 @@ class Finetune(Strategy):
         self.tuning: dict[str, Any] = dict(tuning or {})
         self.head: CosineHead | None = None
         self._report: dict[str, Any] = {}
-        #: logits of the images held out of the cross-fitted tune (see :meth:`tune`), for calibration
-        self._cross_fit: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- images: the body ----------------------------------------------------------------------
 
@@ -102,13 +100,12 @@ class Finetune(Strategy):
     ) -> Backbone:
         """Fine-tune the body if it pays, on a copy: returns the backbone to embed with from now on.
 
-        With 2+ images in every class the body is first tuned on half of each class's images and
-        the other half is classified (a cross-fitted tune). Those held-out predictions fit the
-        temperature (see :meth:`held_out`): predictions of the fully tuned model's own support
-        images are near-certain and would teach the calibration nothing. With ``require_gain``
-        (what ``auto`` asks), the body is then tuned on every image only when the cross-fitted
-        tune classified more held-out images right than the better of ``probe`` and ``prototype``
-        fitted on the same half of frozen embeddings.
+        With ``require_gain`` (what ``auto`` asks) and 2+ images in every class, the body is first
+        tuned on half of each class's images and the other half is classified (a cross-fitted
+        tune); the body is then tuned on every image only when that classified more held-out
+        images right than the better of ``probe`` and ``prototype`` fitted on the same half of
+        frozen embeddings. Without it (``--strategy finetune``) the support set's rule alone
+        decides, at the cost of one tune.
 
         Args:
             paths, labels: the support images and their classes; features: their frozen embeddings.
@@ -117,7 +114,6 @@ class Finetune(Strategy):
             notify: called with a one-line message before the slow work starts (the time it will take).
         """
         check_support(features, labels, num_classes)
-        self._cross_fit = None
         top, why = decision.choose_body(self.config, backbone, features, labels, num_classes, require_gain)
         self.tuning = {
             "unfreeze": "none" if top == 0 else ("all" if top is None else f"top:{top}"),
@@ -125,13 +121,13 @@ class Finetune(Strategy):
         }
         if top == 0:
             return backbone
-        can_cross_fit = int(torch.bincount(labels, minlength=num_classes).min()) >= 2
+        cross_fit = require_gain and int(torch.bincount(labels, minlength=num_classes).min()) >= 2
         if notify is not None:
-            runs = 2 if can_cross_fit else 1
+            runs = 2 if cross_fit else 1
             seconds = runs * estimate_tune_seconds(backbone, self.config, len(paths))
             notify(f"fine-tuning: {why}; about {seconds:.0f} s")
         pictures = load_pictures(paths)
-        if can_cross_fit:
+        if cross_fit:
             evidence = self._cross_fitted_tune(
                 backbone, pictures, labels, features, num_classes, top, progress
             )
@@ -141,12 +137,10 @@ class Finetune(Strategy):
                 f"other {evidence['held_out']} images right, against {evidence['frozen_correct']} "
                 "for frozen features"
             )
-            if require_gain and evidence["tuned_correct"] <= evidence["frozen_correct"]:
+            if evidence["tuned_correct"] <= evidence["frozen_correct"]:
                 self.tuning.update(unfreeze="none", why=f"{why}; but {compared}: kept frozen")
-                self._cross_fit = None
                 return backbone
-            if require_gain:
-                self.tuning["why"] += f"; {compared}"
+            self.tuning["why"] += f"; {compared}"
         train, validation = validation_split(labels, num_classes, self.config.val_split, self.config.seed)
         tuned = copy.deepcopy(backbone)
         result = tune_body(
@@ -159,7 +153,6 @@ class Finetune(Strategy):
             self.tuning["why"] += (
                 "; tuning did not beat the frozen body on the validation images, so it was undone"
             )
-            self._cross_fit = None
             return backbone
         return tuned.with_tuned_body()
 
@@ -174,7 +167,7 @@ class Finetune(Strategy):
         progress: bool,
     ) -> dict[str, Any]:
         """Tune a copy on one half of each class, classify the other half with it and with frozen
-        features; keeps the tuned model's held-out logits for calibration."""
+        features."""
         from fewtune.strategies.probe import Probe
         from fewtune.strategies.prototype import Prototype
 
@@ -190,7 +183,6 @@ class Finetune(Strategy):
         for candidate in (Probe(), Prototype()):
             candidate.fit(features[train], labels[train], num_classes)
             frozen[candidate.name] = int((candidate.logits(features[held]).argmax(1) == labels[held]).sum())
-        self._cross_fit = (logits, labels[held])
         return {
             "held_out": len(held),
             "tuned_correct": int((logits.argmax(1) == labels[held]).sum()),
@@ -213,18 +205,6 @@ class Finetune(Strategy):
             "why": "fitted on embeddings alone, without the images",
         }
         self._report = {"body": self.tuning, "head": {"trained": train, "why": why}}
-
-    def held_out(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
-        """When the body was tuned, predictions of the images held out of the cross-fitted tune
-        (the support features themselves were trained on); otherwise the head's own held-out ones."""
-        if self.tuning.get("result") is None:
-            return super().held_out(features, labels, num_classes)
-        if self._cross_fit is not None and self._cross_fit[0].shape[1] == num_classes:
-            logits, truth = self._cross_fit
-            return logits, truth, "predictions of support images held out of a cross-fitted fine-tune"
-        return None  # a tuned body with one example in a class, or classes changed since tuning
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.head is None:
