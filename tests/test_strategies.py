@@ -159,3 +159,41 @@ def test_probe_on_many_examples_cross_validates_a_subset_and_holds_out_every_exa
     assert held_out.shape == (len(y), classes) and (held_out.argmax(1) == y).float().mean() > 0.7
     assert torch.equal(fits[0].weight, fits[1].weight)  # deterministic
     assert torch.equal(held_out, fits[1].held_out_logits(x, y, classes))
+
+
+@pytest.mark.parametrize("dual_max_n", [100, 0])
+def test_probe_solves_the_uncentred_problem(monkeypatch, dual_max_n):
+    """Examples are centred for the solver's sake (the bias is free): the weights and bias must
+    still minimise the loss on the examples as given, far from the origin like pooled features."""
+    from fewtune.strategies import probe
+
+    monkeypatch.setattr(probe, "DUAL_MAX_N", dual_max_n)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(3 + torch.rand(30, 50, generator=generator), dim=1).double()
+    y = torch.arange(3).repeat(10)
+    weight, bias, _ = probe._solve(x, y, 3, 1e-2, 1000)
+    weight.requires_grad_(True), bias.requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + 0.5e-2 * weight.pow(2).sum()
+    loss.backward()
+    assert weight.grad.abs().max() < 1e-6 and bias.grad.abs().max() < 1e-6
+
+
+def test_probe_on_many_examples_holds_out_only_what_calibration_needs(monkeypatch):
+    from fewtune.strategies import probe
+
+    monkeypatch.setattr(probe, "ENOUGH_HELD_OUT", 100)
+    generator = torch.Generator().manual_seed(4)
+    centres = torch.randn(30, 32, generator=generator)
+    y = torch.arange(30).repeat_interleave(12)  # 360 examples: 3 folds of 120
+    x = centres[y] + 0.8 * torch.randn(len(y), 32, generator=generator)
+    fitted = Probe()
+    fitted.fit(x, y, 30)
+    solves = []
+    original = probe._solve
+    monkeypatch.setattr(probe, "_solve", lambda *a, **k: solves.append(1) or original(*a, **k))
+    logits, truth, _ = fitted.held_out(x, y, 30)
+    assert len(solves) == 1 and len(logits) == len(truth) == 120 and set(truth.tolist()) == set(range(30))
+    everything = fitted.held_out_logits(x, y, 30)  # the first fold is reused, two more are solved
+    assert len(solves) == 3 and everything.shape == (360, 30)
+    rows = (everything[:, None, :] == logits[None, :, :]).all(-1).any(1)
+    assert int(rows.sum()) == 120 and torch.equal(y[rows], truth)

@@ -20,6 +20,9 @@ CV_CLASSES = 20
 #: L-BFGS tolerance on the projected gradient: a fit on at most LARGE_N examples, a fit on more
 #: (the loss is a mean: its gradient shrinks with n), and each cross-validation fit.
 GTOL, LARGE_GTOL, CV_GTOL = 1e-9, 1e-7, 1e-6
+#: Above LARGE_N examples, held-out predictions stop at the first folds that give this many: the
+#: temperature is one number (at 60 x 20, one fold of 400 instead of three, 0.9 s less).
+ENOUGH_HELD_OUT = 300
 #: Below this many examples (and the embedding size) the weights are solved for in the span of the examples.
 DUAL_MAX_N = 100
 
@@ -36,7 +39,8 @@ class Probe(Strategy):
     The cost stays about linear in examples x classes: above ``LARGE_N`` examples the
     cross-validation uses 3 folds on at most ``CV_CLASSES`` classes, warm-started along the
     path of ``l2`` values, and the held-out logits for calibration are then computed at the
-    chosen ``l2`` alone, each fold warm-started from the final solution.
+    chosen ``l2`` alone, each fold warm-started from the final solution, and only as many folds
+    as calibration needs (see :meth:`held_out`).
 
     Args:
         l2: fixed regularisation strength; ``None`` chooses it as described above.
@@ -74,11 +78,12 @@ class Probe(Strategy):
         self._report: dict[str, Any] = {}
         self._held_out: torch.Tensor | None = None  # cross-validated logits of the support set
         self._solution: tuple[float, np.ndarray] | None = None  # (l2, raw solution) of the last fit
+        self._folds: dict[int, torch.Tensor] = {}  # held-out logits of each refitted fold (many examples)
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
         check_support(features, labels, num_classes)
         x = normalize(features).double()
-        self._held_out = None
+        self._held_out, self._folds = None, {}
         per_class = torch.bincount(labels, minlength=num_classes)
         if self.l2 is not None:
             l2, self._report = self.l2, {"l2": self.l2, "l2_chosen_by": "user"}
@@ -135,20 +140,46 @@ class Probe(Strategy):
         """Reuses the cross-validation predictions at the chosen l2 when fit() made them."""
         if self._held_out is not None and len(self._held_out) == len(labels):
             return self._held_out
+        refitted = self._refit_folds(features, labels, num_classes, enough=len(labels))
+        return super().held_out_logits(features, labels, num_classes) if refitted is None else refitted[0]
+
+    def held_out(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """Above ``LARGE_N`` examples, only the folds needed for ``ENOUGH_HELD_OUT`` predictions:
+        they fit one number (the temperature) or make one comparison (``auto``'s), and each fold
+        costs a solve about the size of the whole fit."""
+        if self._held_out is not None and len(self._held_out) == len(labels):
+            return self._held_out, labels, "held-out support predictions"
+        refitted = self._refit_folds(features, labels, num_classes, enough=ENOUGH_HELD_OUT)
+        if refitted is None:
+            return super().held_out(features, labels, num_classes)
+        logits, rows = refitted
+        return logits, labels[rows], "held-out support predictions"
+
+    def _refit_folds(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int, enough: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Many examples: logits of the first 3-fold folds that hold ``enough`` examples, each fold
+        solved at the chosen l2 alone, warm-started from the final solution; with the mask of
+        their rows. None where fit() did not take the many-examples path."""
         counts = torch.bincount(labels, minlength=num_classes)
         if self._solution is None or len(labels) <= LARGE_N or int(counts.min()) < 2:
-            return super().held_out_logits(features, labels, num_classes)
-        # many examples: 3 folds at the chosen l2 only, each fold warm-started from the final solution
+            return None
         l2, solution = self._solution
         x = normalize(features).double()
         fold = stratified_folds(labels, num_classes, min(3, int(counts.min())), self.seed)
         out = torch.empty(len(labels), num_classes)
+        rows = torch.zeros(len(labels), dtype=torch.bool)
         for f in range(int(fold.max()) + 1):
             train, test = fold != f, fold == f
-            w, b, _ = _solve(x[train], labels[train], num_classes, l2, self.max_iter, solution, CV_GTOL)
-            out[test] = (x[test] @ w.T + b).float()
-        self._held_out = out
-        return out
+            if f not in self._folds:
+                w, b, _ = _solve(x[train], labels[train], num_classes, l2, self.max_iter, solution, CV_GTOL)
+                self._folds[f] = (x[test] @ w.T + b).float()
+            out[test], rows = self._folds[f], rows | test
+            if int(rows.sum()) >= enough:
+                break
+        return out[rows], rows
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.weight is None or self.bias is None:
@@ -191,9 +222,10 @@ def _solve(
     """Minimise class-balanced cross-entropy + l2/2 * ||W||^2 (bias unpenalised). x: (n, dim) float64.
 
     With few examples (n < min(dim, DUAL_MAX_N)) the optimum lies in the span of the examples
-    (representer theorem), so we solve for W = A @ x with A: (num_classes, n) on the n x n Gram
-    matrix: the same minimiser with far fewer unknowns. That form is worse conditioned (L-BFGS
-    needs about 5x the iterations), so from DUAL_MAX_N examples up the weights are solved for
+    (representer theorem; of the centred examples, as the bias is free), so we solve for
+    W = A @ (x - mean) with A: (num_classes, n) on the n x n Gram matrix: the same minimiser
+    with far fewer unknowns. That form is worse conditioned (L-BFGS needs about 5x the
+    iterations), so from DUAL_MAX_N examples up the weights are solved for
     directly: at 60 classes x 20 examples 40 iterations instead of thousands. The loss and its
     gradient are written out in NumPy for SciPy's L-BFGS-B: on small problems, per-call
     overhead is the cost.
@@ -209,8 +241,13 @@ def _solve(
     sample_weight = (len(y) / (num_classes * np.maximum(counts, 1)))[y]
     sample_weight /= sample_weight.sum()
     onehot = np.eye(num_classes)[y]
+    # the bias is not penalised, so shifting every example only moves the bias: centred examples
+    # give the same weights from a far better conditioned problem (10-40% fewer iterations at
+    # 60 x 20, up to 20x fewer at 5 x 5)
+    centre = features.mean(axis=0)
+    centred = features - centre
     dual = features.shape[0] < min(features.shape[1], DUAL_MAX_N)
-    basis = features @ features.T if dual else features  # (n, n) Gram matrix, or the features themselves
+    basis = centred @ centred.T if dual else centred  # (n, n) Gram matrix, or the examples themselves
     size = num_classes * basis.shape[1]
 
     def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -232,5 +269,5 @@ def _solve(
         options = {"maxiter": max_iter, "gtol": gtol, "ftol": 1e-12 if gtol <= 1e-8 else 1e-10}
         result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options=options)
     coef, bias = result.x[:size].reshape(num_classes, -1), result.x[size:]
-    weight = coef @ features if dual else coef
-    return torch.from_numpy(weight), torch.from_numpy(bias), result.x
+    weight = coef @ centred if dual else coef
+    return torch.from_numpy(weight), torch.from_numpy(bias - weight @ centre), result.x
