@@ -152,3 +152,22 @@ def test_one_row_writes_check_the_cap_at_most_every_few_seconds(tmp_path, monkey
     assert len(checks) == 1
     cache.put_many(rows("batch", 3))
     assert len(checks) == 2
+
+
+def test_one_open_cache_per_thread_reopened_when_its_file_is_replaced(tmp_path):
+    import threading
+
+    from fewtune.features.cache import clear, shared_cache
+
+    first = shared_cache(tmp_path, "f" * 64, DIM)
+    assert shared_cache(tmp_path, "f" * 64, DIM) is first  # no reconnect per single-image predict
+    elsewhere: list = []
+    thread = threading.Thread(target=lambda: elsewhere.append(shared_cache(tmp_path, "f" * 64, DIM)))
+    thread.start(), thread.join()
+    assert elsewhere[0] is not first  # SQLite connections are not shared between threads
+    first.put_many({"a": np.ones(DIM, np.float32)})
+    clear(tmp_path)  # e.g. `fewtune cache clear` from another process
+    again = shared_cache(tmp_path, "f" * 64, DIM)
+    assert again is not first and again.get_many(["a"]) == {}
+    again.put_many({"b": np.ones(DIM, np.float32)})
+    assert set(FeatureCache(tmp_path, "f" * 64, DIM).get_many(["b"])) == {"b"}  # written to the file on disk

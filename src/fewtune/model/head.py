@@ -173,26 +173,26 @@ class Head:
             scores_novelty, threshold, float(settings.calibration.get("spread", 0.05))
         )
         k = max(1, min(top_k, len(self.classes)))
-        scores, indices = probabilities.topk(k, dim=1)
+        top_scores, top_indices = (t.tolist() for t in probabilities.topk(k, dim=1))
+        # plain floats once: indexing tensors element by element was most of the head's time
+        rows, novelties, doubts = probabilities.tolist(), scores_novelty.tolist(), doubt.tolist()
         results = []
         for row, name in enumerate(names):
             ranked = [
-                (self.classes[c], round(float(s), 6)) for s, c in zip(scores[row], indices[row], strict=True)
+                (self.classes[c], round(s, 6)) for s, c in zip(top_scores[row], top_indices[row], strict=True)
             ]
-            is_unknown = bool(reject and scores_novelty[row] > threshold)
+            is_unknown = bool(reject and novelties[row] > threshold)
             results.append(
                 Prediction(
                     path=name,
                     label=unknown if is_unknown else ranked[0][0],
-                    score=round(float(doubt[row]), 6) if is_unknown else ranked[0][1],
+                    score=round(doubts[row], 6) if is_unknown else ranked[0][1],
                     top_k=ranked,
-                    probabilities={
-                        c: round(float(p), 6) for c, p in zip(self.classes, probabilities[row], strict=True)
-                    },
-                    novelty=round(float(scores_novelty[row]), 6),
+                    probabilities={c: round(p, 6) for c, p in zip(self.classes, rows[row], strict=True)},
+                    novelty=round(novelties[row], 6),
                     is_unknown=is_unknown,
                     nearest=ranked[0][0],
-                    unknown_probability=round(float(doubt[row]), 6) if reject else 0.0,
+                    unknown_probability=round(doubts[row], 6) if reject else 0.0,
                 )
             )
         return results
