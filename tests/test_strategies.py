@@ -197,3 +197,21 @@ def test_probe_on_many_examples_holds_out_only_what_calibration_needs(monkeypatc
     assert len(solves) == 3 and everything.shape == (360, 30)
     rows = (everything[:, None, :] == logits[None, :, :]).all(-1).any(1)
     assert int(rows.sum()) == 120 and torch.equal(y[rows], truth)
+
+
+def test_prototype_calibrates_on_leave_one_out_scored_like_a_new_example():
+    generator = torch.Generator().manual_seed(6)
+    x = torch.rand(12, 8, generator=generator)
+    y = torch.arange(3).repeat(4)
+    prototype = Prototype()
+    prototype.fit(x, y, 3)
+    logits, truth, _ = prototype.held_out(x, y, 3)
+    plain = prototype.held_out_logits(x, y, 3)
+    unit = torch.nn.functional.normalize(x, dim=1)
+    full = unit[y == y[0]].sum(0)  # example 0's class, all 4 examples
+    expected = unit[0] @ (full - unit[0]) * 4 / 3 / full.norm()
+    assert torch.allclose(logits[0, y[0]] * prototype.temperature, expected)
+    other = torch.arange(3) != y[0]
+    assert torch.equal(logits[0, other], plain[0, other]) and torch.equal(truth, y)
+    # auto compares candidates on plain leave-one-out, as pessimistic as probe's folds
+    assert prototype.held_out_accuracy(x, y, 3) == float((plain.argmax(1) == y).float().mean())

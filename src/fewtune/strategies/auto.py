@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class Auto(Strategy):
     """Fits every candidate and keeps the most accurate on held-out support examples.
 
-    Held-out predictions come from each candidate's own :meth:`Strategy.held_out` (exact
+    Held-out accuracy comes from each candidate's own :meth:`Strategy.held_out_accuracy` (exact
     leave-one-out for ``prototype``, the cross-validation folds for ``probe``), so the choice
     uses the training data only; ties go to the earlier candidate. With one example per class
     nothing can be held out, and ``probe`` is kept when it is a candidate: at 1 shot it matched or
@@ -124,10 +124,7 @@ class Auto(Strategy):
         for name in frozen:
             candidate = STRATEGIES[name]()
             candidate.fit(features, labels, num_classes)
-            held_out = candidate.held_out(features, labels, num_classes)
-            assert held_out is not None  # every class has 2+ examples here
-            logits, truth, _ = held_out
-            scores[name] = round(float((logits.argmax(1) == truth).float().mean()), 4)
+            scores[name] = round(candidate.held_out_accuracy(features, labels, num_classes), 4)
             fitted[name] = candidate
         best = max(frozen, key=lambda n: scores[n])  # max keeps the first of equals
         self.chosen = fitted[best]

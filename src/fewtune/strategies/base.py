@@ -128,6 +128,15 @@ class Strategy(abc.ABC):
         logits = self.held_out_logits(features, labels, num_classes)
         return None if logits is None else (logits, labels, "held-out support predictions")
 
+    def held_out_accuracy(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+        """Accuracy of :meth:`held_out` predictions: what ``auto`` compares candidates by
+        (needs 2+ examples in every class)."""
+        held_out = self.held_out(features, labels, num_classes)
+        if held_out is None:
+            raise ValueError("held-out accuracy needs 2+ examples in every class")
+        logits, truth, _ = held_out
+        return float((logits.argmax(1) == truth).float().mean())
+
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         """Class probabilities, (n, num_classes), rows in the order of the classifier's classes."""
         return self.logits(features).softmax(dim=1)

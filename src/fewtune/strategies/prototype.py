@@ -80,6 +80,36 @@ class Prototype(Strategy):
             return None
         return leave_one_out_similarity(features, labels, num_classes) / self.temperature
 
+    def held_out(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        """For calibration, leave-one-out with the own class's score as a new example would get it:
+        its dot product with the other k - 1 examples, scaled to k (an unbiased estimate of its
+        dot product with the k-example sum), over the norm of the full k-example sum, which is what
+        a test image is divided by. Plain leave-one-out divides by the smaller-sample norm of k - 1
+        examples, which is larger relative to the sum, so held-out scores look less sure than test
+        scores and the temperature comes out too soft. Development episodes (seed 0), pooled ECE of
+        the fitted temperature, plain -> this: Omniglot 5w5s 5.1 -> 4.1, 20w5s 6.4 -> 3.7, 32-px
+        Caltech 5w5s 3.7 -> 3.0, Caltech 20w5s 1.8 -> 1.5, Caltech 5w5s 4.0 -> 4.3."""
+        counts = torch.bincount(labels, minlength=num_classes)
+        if int(counts.min()) < 2:
+            return None
+        unit = normalize(features)
+        sums = class_sums(features, labels, num_classes)
+        similarity = unit @ normalize(sums).T
+        own, k = torch.arange(len(labels)), counts[labels].float()
+        rest = (unit * (sums[labels] - unit)).sum(dim=1)
+        similarity[own, labels] = rest * k / (k - 1) / sums[labels].norm(dim=1)
+        return similarity / self.temperature, labels, "held-out support predictions (leave-one-out)"
+
+    def held_out_accuracy(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+        """Plain leave-one-out accuracy: as pessimistic as ``probe``'s folds, so that ``auto``
+        compares like with like."""
+        logits = self.held_out_logits(features, labels, num_classes)
+        if logits is None:
+            raise ValueError("held-out accuracy needs 2+ examples in every class")
+        return float((logits.argmax(1) == labels).float().mean())
+
     @property
     def one_shot_temperature(self) -> float:
         return self.ONE_SHOT_TEMPERATURE
