@@ -1,7 +1,7 @@
 """Fit cost of the frozen strategies as the support set grows: seconds and peak memory.
 
 For each number of classes x examples per class, each strategy is fitted as ``fewtune train``
-fits it (``fit`` then ``held_out_logits``, which calibration needs) on 1280-dim embeddings, in
+fits it (``fit`` then ``held_out``, the held-out predictions calibration needs) on 1280-dim embeddings, in
 one process, one strategy after another; peak memory is the rise of the process's peak RSS
 during the fit (reset before each fit through /proc/self/clear_refs, Linux only).
 
@@ -75,7 +75,7 @@ def measure(name: str, features: torch.Tensor, labels: torch.Tensor, classes: in
     start = time.perf_counter()
     cpu = time.process_time()
     strategy.fit(features, labels, classes)
-    strategy.held_out_logits(features, labels, classes)
+    strategy.held_out(features, labels, classes)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     report = strategy.fit_report()
     return {
