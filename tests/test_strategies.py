@@ -215,3 +215,19 @@ def test_prototype_calibrates_on_leave_one_out_scored_like_a_new_example():
     assert torch.equal(logits[0, other], plain[0, other]) and torch.equal(truth, y)
     # auto compares candidates on plain leave-one-out, as pessimistic as probe's folds
     assert prototype.held_out_accuracy(x, y, 3) == float((plain.argmax(1) == y).float().mean())
+
+
+def test_one_shot_temperature_follows_how_alike_the_classes_look():
+    from fewtune.geometry import between_class_similarity, normalize
+
+    generator = torch.Generator().manual_seed(7)
+    x, y = torch.rand(30, 16, generator=generator), torch.arange(5).repeat(6)
+    unit = normalize(x)
+    brute = float((unit @ unit.T)[y[:, None] != y[None, :]].mean())
+    assert abs(between_class_similarity(x, y) - brute) < 1e-6  # computed without an n x n matrix
+    apart, alike = torch.eye(5, 16), torch.eye(5, 16) + 2.0  # similarity 0, then about 0.9
+    labels = torch.arange(5)
+    for strategy in (create_strategy("probe"), create_strategy("prototype")):
+        low, high = (strategy.one_shot_temperature(f, labels) for f in (apart, alike))
+        assert 0.25 <= low < high <= 0.5, strategy.name
+    assert create_strategy("probe", l2=0.01).one_shot_temperature(apart, labels) == 1.0

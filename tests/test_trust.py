@@ -72,10 +72,10 @@ def test_one_example_per_class_gets_the_temperature_fitted_on_other_tasks(
     }  # random tiny weights look unlike ImageNet: auto would tune
     for strategy, settings in (("prototype", {}), ("probe", {}), ("auto", frozen)):
         classifier = fewtune.train(one_each, strategy, backbone=tiny_backbone, **settings)
-        assert classifier.temperature == 0.5, strategy
+        assert 0.25 <= classifier.temperature <= 0.5, strategy  # from how alike the classes look
         assert "other tasks" in classifier.calibration["method"]
         loaded = fewtune.load(classifier.save(tmp_path / f"{strategy}.fewtune"), backbone=tiny_backbone)
-        assert loaded.temperature == 0.5
+        assert loaded.temperature == classifier.temperature
     assert (
         fewtune.train(one_each, "probe", backbone=tiny_backbone, l2=0.01).temperature == 1.0
     )  # not measured

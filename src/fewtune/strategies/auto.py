@@ -154,9 +154,8 @@ class Auto(Strategy):
     ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         return self._require().held_out(features, labels, num_classes)
 
-    @property
-    def one_shot_temperature(self) -> float:
-        return 1.0 if self.chosen is None else self.chosen.one_shot_temperature
+    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        return 1.0 if self.chosen is None else self.chosen.one_shot_temperature(features, labels)
 
     @property
     def body_tuned(self) -> bool:

@@ -85,8 +85,7 @@ class Strategy(abc.ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
-    @property
-    def one_shot_temperature(self) -> float:
+    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
         """The temperature when nothing can be held out (a class has one example): fitted on
         held-out predictions of *other* tasks instead, development episodes of the shared data
         (see docs/benchmarks.md, "one example per class"). 1 = the strategy's own scores."""
