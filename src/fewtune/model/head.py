@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fewtune.errors import FewtuneError
-from fewtune.geometry import class_means
+from fewtune.geometry import between_class_similarity, class_means
 from fewtune.model import transduction
 from fewtune.model.calibration import fit_temperature
 from fewtune.model.openset import OpenSet, calibrate_threshold, novelty, unknown_probability
@@ -110,9 +110,11 @@ class Head:
             self.temperature = 1.0
             self.calibration = {"temperature": 1.0, "method": TUNED_BODY, "tuned_body": True}
         elif held_out is None:  # a class has one example
-            self.temperature = self.strategy.one_shot_temperature(self.support.features, labels)
+            self.temperature = self.strategy.one_shot_temperature(features, labels)
+            similarity = between_class_similarity(features, labels)
             how = (
-                "held-out predictions of other tasks (one example a class here: none of its own to hold out)"
+                "held-out predictions of other tasks, by how alike the classes look (between-class "
+                f"similarity {similarity:.2f}; one example a class here: none of its own to hold out)"
                 if self.temperature != 1.0
                 else "none (nothing to hold out: a class has one example)"
             )
