@@ -105,11 +105,10 @@ class Head:
         self._prototypes = None
         self.strategy.fit(features, labels, num_classes)
         self.fit_report = self.strategy.fit_report()
-        held_out = None if self.strategy.body_tuned else self.strategy.held_out(features, labels, num_classes)
         if self.strategy.body_tuned:
             self.temperature = 1.0
             self.calibration = {"temperature": 1.0, "method": TUNED_BODY, "tuned_body": True}
-        elif held_out is None:  # a class has one example
+        elif (held_out := self.strategy.held_out(features, labels, num_classes)) is None:  # 1 example
             self.temperature = self.strategy.one_shot_temperature(features, labels)
             similarity = between_class_similarity(features, labels)
             how = (

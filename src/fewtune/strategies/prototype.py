@@ -88,11 +88,12 @@ class Prototype(Strategy):
         """For calibration, leave-one-out with the own class's score as a new example would get it:
         its dot product with the other k - 1 examples, scaled to k (an unbiased estimate of its
         dot product with the k-example sum), over the norm of the full k-example sum, which is what
-        a test image is divided by. Plain leave-one-out divides by the smaller-sample norm of k - 1
-        examples, which is larger relative to the sum, so held-out scores look less sure than test
-        scores and the temperature comes out too soft. Development episodes (seed 0), pooled ECE of
-        the fitted temperature, plain -> this: Omniglot 5w5s 5.1 -> 4.1, 20w5s 6.4 -> 3.7, 32-px
-        Caltech 5w5s 3.7 -> 3.0, Caltech 20w5s 1.8 -> 1.5, Caltech 5w5s 4.0 -> 4.3."""
+        a test image is divided by. Plain leave-one-out divides by the norm of the other k - 1
+        examples' mean, larger than a k-example mean's (fewer unit vectors average out less), so
+        held-out scores look less sure than test scores and the temperature comes out too soft.
+        Development episodes (seed 0), pooled ECE of the fitted temperature, plain -> this:
+        Omniglot 5w5s 5.1 -> 4.1, 20w5s 6.4 -> 3.7, 32-px Caltech 5w5s 3.7 -> 3.0, Caltech 20w5s
+        1.8 -> 1.5, Caltech 5w5s 4.0 -> 4.3."""
         counts = torch.bincount(labels, minlength=num_classes)
         if int(counts.min()) < 2:
             return None
