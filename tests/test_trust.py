@@ -233,3 +233,20 @@ def test_a_class_added_to_a_tuned_auto_model_keeps_the_tuned_head(
     loaded.add_examples("teal", [colour_data / "blue" / "0.png"])
     assert loaded.fit_report["chosen"] == "finetune" and loaded.pretrained is not None
     assert loaded.temperature == temperature == 1.0 and loaded.calibration.get("tuned_body")
+
+
+def test_finetune_at_one_shot_on_the_pretrained_body_is_calibrated_as_prototype(
+    tiny_backbone, colour_data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(  # ImageNet-like images: one example a class keeps the pretrained body
+        "fewtune.strategies.finetune.decision.imagenet_familiarity", lambda backbone, features: 0.9
+    )
+    one_each = tmp_path / "one"
+    for folder in sorted(colour_data.iterdir()):
+        (one_each / folder.name).mkdir(parents=True)
+        first = sorted(folder.iterdir())[0]
+        (one_each / folder.name / first.name).write_bytes(first.read_bytes())
+    frozen = fewtune.train(one_each, "finetune", backbone=tiny_backbone)
+    prototype = fewtune.train(one_each, "prototype", backbone=tiny_backbone)
+    assert not frozen.fit_report["head"]["trained"] and frozen.pretrained is None
+    assert frozen.temperature == prototype.temperature != 1.0  # the same logits, the same rule

@@ -215,6 +215,15 @@ class Finetune(Strategy):
     def body_tuned(self) -> bool:
         return self.tuning.get("result") is not None
 
+    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        """With the pretrained body and the imprinted head (what one example a class gets), the
+        logits are ``prototype``'s (scale 10 = 1 / its 0.1), and so is the temperature; else 1."""
+        from fewtune.strategies.prototype import Prototype
+
+        if self.head_trained or self.body_tuned or self.head is None or float(self.head.scale) != 10.0:
+            return 1.0
+        return Prototype().one_shot_temperature(features, labels)
+
     def fit_report(self) -> dict[str, Any]:
         return dict(self._report)
 
