@@ -220,9 +220,11 @@ class Finetune(Strategy):
         logits are ``prototype``'s (scale 10 = 1 / its 0.1), and so is the temperature; else 1."""
         from fewtune.strategies.prototype import Prototype
 
-        if self.head_trained or self.body_tuned or self.head is None or float(self.head.scale) != 10.0:
+        prototype = Prototype()
+        same_logits = self.head is not None and float(self.head.scale) == 1 / prototype.temperature
+        if self.head_trained or self.body_tuned or not same_logits:
             return 1.0
-        return Prototype().one_shot_temperature(features, labels)
+        return prototype.one_shot_temperature(features, labels)
 
     def fit_report(self) -> dict[str, Any]:
         return dict(self._report)
