@@ -3,10 +3,12 @@
 Each of ``--images`` photos is made new (random bytes appended: never in the feature cache), then
 timed in turn: ``Classifier.predict([file])`` (read, hash, cache lookup, decode, preprocess,
 forward, cache write, probabilities, novelty), and the bare pipeline any system runs: decode and
-preprocess, then ``backbone.embed``. Reports the p50s of predict, of the bare forward, and of
-decode + forward, and the ratios of predict to each. On a busy machine the forward's noise
-swamps the rest, so the overhead is also measured alone: the same loop with ``backbone.embed``
-replaced by a constant, predict minus decode + preprocess (``overhead_p50_ms``).
+preprocess, then the forward of the network as timm builds it (not fewtune's ``embed``, which runs a
+BatchNorm-folded copy: see ``fewtune.features.folded``). Reports the p50s of predict, of the bare
+forward, of decode + forward and of fewtune's own ``embed``, and the ratios of predict to each.
+On a busy machine the forward's noise swamps the rest, so the overhead is also measured alone:
+the same loop with ``backbone.embed`` replaced by a constant, predict minus decode + preprocess
+(``overhead_p50_ms``).
 
     python bench/predict_latency.py MODEL.fewtune --photos ../shared/data/caltech101 --images 40
 """
@@ -29,14 +31,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=40)
     args = parser.parse_args(argv)
 
+    import torch
+
     import fewtune
     from fewtune.data.images import load
     from fewtune.features.embedding import build_transform
+    from fewtune.features.folded import pre_logits
 
     classifier = fewtune.load(args.model)
     photos = [sorted(p.iterdir())[-1] for p in sorted(args.photos.iterdir()) if p.is_dir()][: args.images + 1]
     transform = build_transform(classifier.backbone.preprocessing)
-    ours, bare, decoded = [], [], []
+    network = classifier.backbone.model  # the network as timm builds it, BatchNorms unfolded
+    ours, bare, decoded, embedded = [], [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         for n, photo in enumerate(photos):
             fresh = Path(scratch) / f"{n}{photo.suffix}"
@@ -44,20 +50,25 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             image = transform(load(fresh)).unsqueeze(0)
             middle = time.perf_counter()
-            classifier.backbone.embed(image)
+            with torch.inference_mode():
+                pre_logits(network, image)
             end = time.perf_counter()
             bare.append(end - middle)
             decoded.append(end - start)
             start = time.perf_counter()
+            classifier.backbone.embed(image)
+            embedded.append(time.perf_counter() - start)
+            start = time.perf_counter()
             classifier.predict([fresh])
             ours.append(time.perf_counter() - start)
         overhead = _overhead(classifier, photos, transform, load, Path(scratch))
-    ours, bare, decoded = ours[1:], bare[1:], decoded[1:]  # the first of each warms up
+    ours, bare, decoded, embedded = ours[1:], bare[1:], decoded[1:], embedded[2:]  # warm-ups
     result = {
         "images": len(ours),
         "predict_p50_ms": round(1000 * statistics.median(ours), 1),
         "forward_p50_ms": round(1000 * statistics.median(bare), 1),
         "decode_and_forward_p50_ms": round(1000 * statistics.median(decoded), 1),
+        "fewtune_embed_p50_ms": round(1000 * statistics.median(embedded), 1),
     }
     result["overhead_p50_ms"] = round(1000 * overhead, 2)
     result["ratio"] = round(result["predict_p50_ms"] / result["forward_p50_ms"], 2)

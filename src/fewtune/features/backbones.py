@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from fewtune.features.weights import (
     sha256_file,
     state_sha256,
 )
+
+if TYPE_CHECKING:
+    from fewtune.features.folded import FoldedEmbedder
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: a timm network: they share ``forward_features``, ``forward_head``, ``get_classifier``,
@@ -99,6 +102,8 @@ class Backbone:
     _imagenet: tuple[tuple[torch.Tensor, torch.Tensor] | None] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: embeds with the network, BatchNorms folded once that pays (see fewtune.features.folded)
+    _embedder: FoldedEmbedder | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model(self) -> TimmModel:
@@ -106,7 +111,8 @@ class Backbone:
         if self._model is None:
             if self._build is None:
                 raise RuntimeError("backbone has neither a model nor a way to build one")
-            self._model = self._build()
+            with torch.inference_mode(False):  # built lazily, maybe inside embed: plain tensors
+                self._model = self._build()
         return self._model
 
     @property
@@ -134,8 +140,11 @@ class Backbone:
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits features. images: (n, 3, H, W) preprocessed -> (n, dim) float32."""
-        features = self.model.forward_features(images)
-        return self.model.forward_head(features, pre_logits=True).float()
+        if self._embedder is None or self._embedder.model is not self.model:
+            from fewtune.features.folded import FoldedEmbedder
+
+            self._embedder = FoldedEmbedder(self.model)
+        return self._embedder(images).float()
 
     def imagenet_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The network's own ImageNet classifier on pooled embeddings, ``(weight, bias)``, or None

@@ -1,0 +1,82 @@
+"""Task by task: what `auto`'s cross-fitted check costs on the 5-shot tasks it keeps frozen.
+
+With two or more examples per class, `auto` tunes the body only when a body tuned on half of each
+class classifies the other half better than frozen features do. On ~15 held-out images that check
+is noisy and ties are common. This reruns, on the same seeded episodes as
+``bench/default_path.py``, every task whose ImageNet familiarity is in [LOW, HIGH) with ``auto``
+as it is, and each task it kept frozen also with ``finetune`` (which tunes it), and prints the
+check's counts beside both accuracies: enough to score any rule on the counts and the familiarity
+without tuning again.
+
+    python bench/cross_fit_gate.py ../shared/data/omniglot --seed 0 --episodes 50 --out gate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import default_path  # noqa: E402
+from default_path import run_episode  # noqa: E402
+
+import fewtune  # noqa: E402
+from fewtune.evaluate.episodes import sample_episodes  # noqa: E402
+from fewtune.features.embedding import embed_files  # noqa: E402
+from fewtune.strategies.finetune.decision import imagenet_familiarity  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--shot", type=int, default=5)
+    parser.add_argument("--low", type=float, default=0.0)
+    parser.add_argument("--high", type=float, default=0.13)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, one task each")
+    args = parser.parse_args()
+    backbone = fewtune.create_backbone()
+    dataset = fewtune.load_dataset(args.data)
+    features = embed_files(backbone, dataset.paths).features
+    episodes = sample_episodes(dataset.labels, 10, args.shot, 10, args.episodes, args.seed)
+    trained: list[fewtune.Classifier] = []
+    train = fewtune.train
+
+    def keep(*a, **k):  # the classifier run_episode trains, for its fit report
+        trained.append(train(*a, **k))
+        return trained[-1]
+
+    default_path.fewtune.train = keep  # type: ignore[attr-defined]
+    with args.out.open("a") as out:
+        for n, episode in enumerate(episodes):
+            known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
+            familiarity = imagenet_familiarity(backbone, features[known])
+            if familiarity is None or not args.low <= familiarity < args.high:
+                continue
+            auto, _ = run_episode(dataset, episode, 5, "auto", backbone)
+            tuning = trained[-1].fit_report.get("fine-tuning", {})
+            row = {
+                "episode": n,
+                "familiarity": round(familiarity, 4),
+                "auto": auto,
+                **tuning.get("cross_fit", {}),
+            }
+            if not auto["tuned"]:
+                row["finetune"], _ = run_episode(dataset, episode, 5, "finetune", backbone)
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(
+                f"episode {n}: familiarity {familiarity:.3f}, check {row.get('tuned_correct')} vs "
+                f"{row.get('frozen_correct')} of {row.get('held_out')}, auto {auto['closed_acc']:.2f} "
+                f"(tuned {auto['tuned']:.0f})"
+                + (f", finetune {row['finetune']['closed_acc']:.2f}" if "finetune" in row else ""),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
