@@ -1,7 +1,7 @@
 """Task by task: what tuning does to the 1-shot episodes whose familiarity is in [LOW, HIGH).
 
 `auto` tunes a 1-shot task when the mean ImageNet top-1 probability of its support images is
-below a gate (``FAMILIARITY_ONE_SHOT``). This reruns, on the same seeded episodes as
+below a gate (``FAR_FROM_IMAGENET``). This reruns, on the same seeded episodes as
 ``bench/default_path.py``, the tasks between two candidate gates with ``auto`` (the gate set to
 HIGH for the run, so it tunes them) and with ``probe``, and sums the differences: what the gate
 at LOW instead of HIGH changes in the 100-episode accuracy.
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--low", type=float, default=0.13)
     parser.add_argument("--high", type=float, default=0.15)
     args = parser.parse_args()
-    decision.FAMILIARITY_ONE_SHOT = args.high  # read at call time: auto tunes every task below HIGH
+    decision.FAR_FROM_IMAGENET = args.high  # read at call time: auto tunes every task below HIGH
     backbone = fewtune.create_backbone()
     dataset = fewtune.load_dataset(args.data)
     features = embed_files(backbone, dataset.paths).features

@@ -94,7 +94,8 @@ def test_an_unknown_answer_never_carries_a_probability_of_one(frozen, colour_dat
     )
 
 
-def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int):
+def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int, familiarity: float = 0.2):
+    """Images unlike ImageNet (so the rule says tune), not far enough to skip the check."""
     original = Finetune._cross_fitted_tune
 
     def rigged(self, *args, **kwargs):
@@ -103,7 +104,7 @@ def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int):
 
     monkeypatch.setattr(Finetune, "_cross_fitted_tune", rigged)
     monkeypatch.setattr(
-        "fewtune.strategies.finetune.decision.imagenet_familiarity", lambda backbone, features: 0.05
+        "fewtune.strategies.finetune.decision.imagenet_familiarity", lambda backbone, features: familiarity
     )
 
 
@@ -145,6 +146,18 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(
     # a class added later is embedded by both bodies
     loaded.add_examples("red2", [colour_data / "red" / "0.png", colour_data / "red" / "1.png"])
     assert len(loaded.head.support.novelty) == len(loaded.head.support.features) == 11
+
+
+def test_images_far_from_imagenet_are_tuned_without_a_cross_fitted_check(
+    tiny_backbone, colour_data, monkeypatch
+):
+    """There the check only vetoed tunes that paid (bench/cross_fit_gate.py): it is not run."""
+    _cross_fit_says(monkeypatch, tuned_correct=0, frozen_correct=3, familiarity=0.05)
+    checks = []
+    monkeypatch.setattr(Finetune, "_cross_fitted_tune", lambda *a, **k: checks.append(1))
+    classifier = fewtune.train(colour_data, backbone=tiny_backbone)
+    assert classifier.fit_report["chosen"] == "finetune" and classifier.pretrained is tiny_backbone
+    assert not checks and "tuned without a cross-fitted check" in classifier.fit_report["why"]
 
 
 def test_no_tune_means_frozen_strategies_only(tiny_backbone, colour_data, monkeypatch):

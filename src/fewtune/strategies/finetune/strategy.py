@@ -104,8 +104,10 @@ class Finetune(Strategy):
         tuned on half of each class's images and the other half is classified (a cross-fitted
         tune); the body is then tuned on every image only when that classified more held-out
         images right than the better of ``probe`` and ``prototype`` fitted on the same half of
-        frozen embeddings. Without it (``--strategy finetune``) the support set's rule alone
-        decides, at the cost of one tune.
+        frozen embeddings. Images far from ImageNet skip that check (see
+        :data:`~fewtune.strategies.finetune.decision.FAR_FROM_IMAGENET`). Without
+        ``require_gain`` (``--strategy finetune``) the support set's rule alone decides, at the
+        cost of one tune.
 
         Args:
             paths, labels: the support images and their classes; features: their frozen embeddings.
@@ -122,6 +124,14 @@ class Finetune(Strategy):
         if top == 0:
             return backbone
         cross_fit = require_gain and int(torch.bincount(labels, minlength=num_classes).min()) >= 2
+        far = decision.far_from_imagenet(backbone, features) if cross_fit else None
+        if far is not None:  # the check would only veto tunes that pay (see FAR_FROM_IMAGENET)
+            cross_fit = False
+            self.tuning["why"] += (
+                f"; the images are far from ImageNet (top-1 probability {far:.2f} < "
+                f"{decision.FAR_FROM_IMAGENET}), where tuning gained on every task measured: "
+                "tuned without a cross-fitted check"
+            )
         if notify is not None:
             runs = 2 if cross_fit else 1
             seconds = runs * estimate_tune_seconds(backbone, self.config, len(paths))
