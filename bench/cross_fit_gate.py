@@ -6,7 +6,8 @@ is noisy and ties are common. This reruns, on the same seeded episodes as
 ``bench/default_path.py``, every task whose ImageNet familiarity is in [LOW, HIGH) with ``auto``
 as it is, and each task it kept frozen also with ``finetune`` (which tunes it), and prints the
 check's counts beside both accuracies: enough to score any rule on the counts and the familiarity
-without tuning again.
+without tuning again. At the end it sums, over the tasks in ``--out``, what tuning each task
+`auto` kept frozen would change, for every task and for those where the check was a tie.
 
     python bench/cross_fit_gate.py ../shared/data/omniglot --seed 0 --episodes 50 --out gate.json
 """
@@ -38,7 +39,10 @@ def main() -> None:
     parser.add_argument("--low", type=float, default=0.0)
     parser.add_argument("--high", type=float, default=0.13)
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, one task each")
+    parser.add_argument("--summary", action="store_true", help="only summarise --out")
     args = parser.parse_args()
+    if args.summary:
+        return summarise([json.loads(line) for line in args.out.read_text().splitlines()], args.episodes)
     backbone = fewtune.create_backbone()
     dataset = fewtune.load_dataset(args.data)
     features = embed_files(backbone, dataset.paths).features
@@ -76,6 +80,26 @@ def main() -> None:
                 + (f", finetune {row['finetune']['closed_acc']:.2f}" if "finetune" in row else ""),
                 flush=True,
             )
+    summarise([json.loads(line) for line in args.out.read_text().splitlines()], args.episodes)
+
+
+def summarise(rows: list[dict], episodes: int) -> None:
+    kept = [r for r in rows if "finetune" in r]
+    print(
+        f"{len(rows)} tasks in the familiarity range; auto tuned {len(rows) - len(kept)}, "
+        f"kept {len(kept)} frozen"
+    )
+    ties = [r for r in kept if r.get("tuned_correct") == r.get("frozen_correct")]
+    for name, tasks in (("every kept task", kept), ("kept tasks whose check was a tie", ties)):
+        gain = {
+            k: 100 * sum(r["finetune"][k] - r["auto"][k] for r in tasks) for k in ("closed_acc", "open_acc")
+        }
+        worse = sum(r["finetune"]["closed_acc"] < r["auto"]["closed_acc"] for r in tasks)
+        print(
+            f"tuning {name} ({len(tasks)}): closed {gain['closed_acc']:+.1f}, open {gain['open_acc']:+.1f} "
+            f"points summed ({gain['closed_acc'] / episodes:+.2f} / {gain['open_acc'] / episodes:+.2f} on "
+            f"the {episodes}-episode mean), {worse} tasks worse"
+        )
 
 
 if __name__ == "__main__":
