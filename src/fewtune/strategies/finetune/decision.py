@@ -4,8 +4,10 @@ Fine-tuning on five photos of ImageNet-like objects can *lose* accuracy (measure
 1 shot on Caltech-101) while it gains 10+ points on handwritten characters. So with
 ``unfreeze="auto"`` the body is tuned only when frozen features leave room to gain
 (:func:`leave_one_out_accuracy` below :data:`HEADROOM`) or the images look unlike ImageNet
-(:func:`imagenet_familiarity` below :data:`FAMILIARITY`): :func:`choose_body`. The thresholds are
-read when a decision is made, so a test or an experiment can change them here.
+(:func:`imagenet_familiarity` below :data:`FAMILIARITY`): :func:`choose_body`. ``auto`` then also
+asks held-out evidence (a cross-fitted tune), except for one example per class and for images
+far from ImageNet (:data:`FAR_FROM_IMAGENET`). The thresholds are read when a decision is made,
+so a test or an experiment can change them here.
 """
 
 from __future__ import annotations
