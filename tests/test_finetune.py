@@ -209,6 +209,22 @@ def test_leave_one_out_accuracy_holds_each_example_out():
     assert leave_one_out_accuracy(features, labels, 2) == 0.75
 
 
+def test_a_body_tuned_on_one_example_a_class_is_softened(tiny_backbone, colour_data, tmp_path):
+    """Its head learnt from views of one picture a class: over-confident at its own scale."""
+    from fewtune.app.cli.text import describe_calibration
+    from fewtune.strategies.finetune.strategy import TUNED_ONE_SHOT_TEMPERATURE
+
+    one = tmp_path / "one"
+    for folder in colour_data.iterdir():
+        (one / folder.name).mkdir(parents=True)
+        (one / folder.name / "0.png").write_bytes((folder / "0.png").read_bytes())
+    classifier = fewtune.train(one, "finetune", backbone=tiny_backbone, unfreeze="top:2", **FAST)
+    assert classifier.pretrained is not None and classifier.calibration["tuned_body"]
+    assert classifier.temperature == TUNED_ONE_SHOT_TEMPERATURE > 1
+    said = describe_calibration(classifier.calibration)
+    assert said.startswith(f"probabilities: temperature {TUNED_ONE_SHOT_TEMPERATURE:.3g}, fitted on held-out")
+
+
 def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(
     tiny_backbone, colour_data, tmp_path, monkeypatch
 ):

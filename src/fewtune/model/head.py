@@ -33,6 +33,11 @@ TUNED_BODY = (
     "a body tuned on half the images, made it under-confident)"
 )
 
+TUNED_ONE_SHOT = (
+    "held-out predictions of other tasks (a body tuned on one example a class is over-confident "
+    "at its head's own scale)"
+)
+
 
 @dataclass(frozen=True)
 class Embeddings:
@@ -98,7 +103,8 @@ class Head:
     def fit(self) -> None:
         """Fit the strategy, then the temperature and the unknown threshold on predictions the
         model was not trained on: the strategy's held-out predictions (see
-        :meth:`Strategy.held_out`; a fine-tuned body keeps T = 1, see ``TUNED_BODY``) and
+        :meth:`Strategy.held_out`; a fine-tuned body keeps T = 1, see ``TUNED_BODY``, or
+        above it when tuned on one example a class) and
         leave-one-out novelty of pretrained embeddings."""
         check_class_names(self.classes, self.open_set.unknown_label)
         features, labels, num_classes = self.support.features, self.labels, len(self.classes)
@@ -106,8 +112,9 @@ class Head:
         self.strategy.fit(features, labels, num_classes)
         self.fit_report = self.strategy.fit_report()
         if self.strategy.body_tuned:
-            self.temperature = 1.0
-            self.calibration = {"temperature": 1.0, "method": TUNED_BODY, "tuned_body": True}
+            self.temperature = self.strategy.tuned_body_temperature()
+            method = TUNED_BODY if self.temperature == 1.0 else TUNED_ONE_SHOT
+            self.calibration = {"temperature": self.temperature, "method": method, "tuned_body": True}
         elif (held_out := self.strategy.held_out(features, labels, num_classes)) is None:  # 1 example
             self.temperature = self.strategy.one_shot_temperature(features, labels)
             similarity = between_class_similarity(features, labels)

@@ -161,6 +161,9 @@ class Auto(Strategy):
     def body_tuned(self) -> bool:
         return self.chosen is not None and self.chosen.body_tuned
 
+    def tuned_body_temperature(self) -> float:
+        return 1.0 if self.chosen is None else self.chosen.tuned_body_temperature()
+
     def fit_report(self) -> dict[str, Any]:
         return dict(self._report)
 

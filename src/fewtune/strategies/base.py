@@ -94,9 +94,14 @@ class Strategy(abc.ABC):
     @property
     def body_tuned(self) -> bool:
         """Whether the embeddings this strategy scores come from a body it fine-tuned on the
-        support images: then every support prediction was trained on, and the head keeps its own
-        scale (temperature 1, see :data:`fewtune.model.head.TUNED_BODY`)."""
+        support images: then every support prediction was trained on, and the temperature is
+        :meth:`tuned_body_temperature` (see :data:`fewtune.model.head.TUNED_BODY`)."""
         return False
+
+    def tuned_body_temperature(self) -> float:
+        """The temperature of a body this strategy tuned: nothing of the task is held out from it,
+        so a rule measured on other tasks. 1 = the head's own scale."""
+        return 1.0
 
     def fit_report(self) -> dict[str, Any]:
         """What fitting chose and why (e.g. a cross-validated setting), for config.json and the CLI."""
