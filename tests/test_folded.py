@@ -122,3 +122,9 @@ def test_the_packaged_network_folds_to_the_same_embeddings(real_backbone):
     assert backbone._embedder is not None and backbone._embedder._folded is not None
     for found in (first, second, third):
         assert torch.allclose(found, expected, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_a_warmed_up_backbone_has_its_folded_copy_before_the_first_request(tiny_backbone):
+    backbone = copy.deepcopy(tiny_backbone)
+    backbone.warm_up()
+    assert backbone.built and backbone._embedder is not None and backbone._embedder._folded is not None

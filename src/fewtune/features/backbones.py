@@ -146,6 +146,14 @@ class Backbone:
             self._embedder = FoldedEmbedder(self.model)
         return self._embedder(images).float()
 
+    def warm_up(self) -> None:
+        """Build the network and its folded copy now (see :meth:`embed`): a server calls this
+        before its first request, which would otherwise pay for both."""
+        size = self.preprocessing.get("input_size", (3, 224, 224))
+        noise = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))  # checks the fold
+        for _ in range(2):
+            self.embed(noise.contiguous(memory_format=torch.channels_last))
+
     def imagenet_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The network's own ImageNet classifier on pooled embeddings, ``(weight, bias)``, or None
         when it has none. Kept beside the feature caches (5 MB for EfficientNet-Lite0) so a run

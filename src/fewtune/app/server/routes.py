@@ -34,9 +34,9 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app. ``classifier`` seeds it (e.g. a loaded model); without one it starts empty."""
     config = config or ServerConfig()
-    backbone.model  # noqa: B018 - build the network now (it is lazy), not inside the first request
+    backbone.warm_up()  # build and fold the network now (it is lazy), not inside the first requests
     if classifier is not None and classifier.pretrained is not None:
-        classifier.pretrained.model  # noqa: B018
+        classifier.pretrained.warm_up()
 
     def require_token(request: Request) -> None:
         # bytes: any header compares
