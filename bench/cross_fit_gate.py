@@ -22,12 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import default_path  # noqa: E402
-from default_path import run_episode  # noqa: E402
+from default_path import familiarity_band, run_episode  # noqa: E402
 
 import fewtune  # noqa: E402
-from fewtune.evaluate.episodes import sample_episodes  # noqa: E402
-from fewtune.features.embedding import embed_files  # noqa: E402
-from fewtune.strategies.finetune.decision import imagenet_familiarity  # noqa: E402
 
 
 def main() -> None:
@@ -43,10 +40,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.summary:
         return summarise([json.loads(line) for line in args.out.read_text().splitlines()], args.episodes)
-    backbone = fewtune.create_backbone()
-    dataset = fewtune.load_dataset(args.data)
-    features = embed_files(backbone, dataset.paths).features
-    episodes = sample_episodes(dataset.labels, 10, args.shot, 10, args.episodes, args.seed)
+    dataset, backbone, band = familiarity_band(
+        args.data, args.shot, args.episodes, args.seed, args.low, args.high
+    )
     trained: list[fewtune.Classifier] = []
     train = fewtune.train
 
@@ -56,11 +52,7 @@ def main() -> None:
 
     default_path.fewtune.train = keep  # type: ignore[attr-defined]
     with args.out.open("a") as out:
-        for n, episode in enumerate(episodes):
-            known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
-            familiarity = imagenet_familiarity(backbone, features[known])
-            if familiarity is None or not args.low <= familiarity < args.high:
-                continue
+        for n, episode, familiarity in band:
             auto, _ = run_episode(dataset, episode, 5, "auto", backbone)
             tuning = trained[-1].fit_report.get("fine-tuning", {})
             row = {

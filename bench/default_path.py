@@ -54,6 +54,26 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
+def familiarity_band(
+    data: Path, shot: int, episodes: int, seed: int, low: float, high: float
+) -> tuple[Dataset, fewtune.Backbone, list[tuple[int, object, float]]]:
+    """The dataset, the backbone and the 5-way episodes of :func:`main` (seeded alike) whose
+    support images' ImageNet familiarity is in [low, high): ``(index, episode, familiarity)``."""
+    from fewtune.features.embedding import embed_files
+    from fewtune.strategies.finetune.decision import imagenet_familiarity
+
+    backbone = fewtune.create_backbone()
+    dataset = fewtune.load_dataset(data)
+    features = embed_files(backbone, dataset.paths).features
+    band = []
+    for n, episode in enumerate(sample_episodes(dataset.labels, 10, shot, 10, episodes, seed)):
+        known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
+        familiarity = imagenet_familiarity(backbone, features[known])
+        if familiarity is not None and low <= familiarity < high:
+            band.append((n, episode, familiarity))
+    return dataset, backbone, band
+
+
 def run_episode(
     dataset: Dataset, episode, way: int, strategy: str, backbone
 ) -> tuple[dict[str, float], tuple]:

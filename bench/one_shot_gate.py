@@ -19,13 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from default_path import run_episode  # noqa: E402
+from default_path import familiarity_band, run_episode  # noqa: E402
 
-import fewtune  # noqa: E402
-from fewtune.evaluate.episodes import sample_episodes  # noqa: E402
-from fewtune.features.embedding import embed_files  # noqa: E402
 from fewtune.strategies.finetune import decision  # noqa: E402
-from fewtune.strategies.finetune.decision import imagenet_familiarity  # noqa: E402
 
 
 def main() -> None:
@@ -37,16 +33,9 @@ def main() -> None:
     parser.add_argument("--high", type=float, default=0.15)
     args = parser.parse_args()
     decision.FAR_FROM_IMAGENET = args.high  # read at call time: auto tunes every task below HIGH
-    backbone = fewtune.create_backbone()
-    dataset = fewtune.load_dataset(args.data)
-    features = embed_files(backbone, dataset.paths).features
-    episodes = sample_episodes(dataset.labels, 10, 1, 10, args.episodes, args.seed)
+    dataset, backbone, band = familiarity_band(args.data, 1, args.episodes, args.seed, args.low, args.high)
     diffs = []
-    for n, episode in enumerate(episodes):
-        known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
-        familiarity = imagenet_familiarity(backbone, features[known])
-        if familiarity is None or not args.low <= familiarity < args.high:
-            continue
+    for n, episode, familiarity in band:
         tuned, _ = run_episode(dataset, episode, 5, "auto", backbone)
         frozen, _ = run_episode(dataset, episode, 5, "probe", backbone)
         diffs.append((tuned["closed_acc"] - frozen["closed_acc"], tuned["open_acc"] - frozen["open_acc"]))
