@@ -223,6 +223,10 @@ def test_a_body_tuned_on_one_example_a_class_is_softened(tiny_backbone, colour_d
     assert classifier.temperature == TUNED_ONE_SHOT_TEMPERATURE > 1
     said = describe_calibration(classifier.calibration)
     assert said.startswith(f"probabilities: temperature {TUNED_ONE_SHOT_TEMPERATURE:.3g}, fitted on held-out")
+    classifier.save(tmp_path / "m")  # a class added after a load keeps it: the body is the one tuned
+    loaded = fewtune.load(tmp_path / "m", backbone=tiny_backbone)
+    loaded.add_examples("teal", [colour_data / "blue" / "1.png"])
+    assert loaded.temperature == TUNED_ONE_SHOT_TEMPERATURE and loaded.pretrained is not None
 
 
 def test_strategy_never_modifies_the_callers_backbone_and_saves_the_tuned_body(
