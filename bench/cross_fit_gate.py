@@ -10,6 +10,7 @@ without tuning again. At the end it sums, over the tasks in ``--out``, what tuni
 `auto` kept frozen would change, for every task and for those where the check was a tie.
 
     python bench/cross_fit_gate.py ../shared/data/omniglot --seed 0 --episodes 50 --out gate.json
+    python bench/cross_fit_gate.py ../shared/data/omniglot --seed 0 --low 0.13 --high 0.25 --similarity
 """
 
 from __future__ import annotations
@@ -35,14 +36,21 @@ def main() -> None:
     parser.add_argument("--shot", type=int, default=5)
     parser.add_argument("--low", type=float, default=0.0)
     parser.add_argument("--high", type=float, default=0.13)
-    parser.add_argument("--out", type=Path, required=True, help="JSON lines, one task each")
+    parser.add_argument("--out", type=Path, help="JSON lines, one task each (required but with --similarity)")
     parser.add_argument("--summary", action="store_true", help="only summarise --out")
+    parser.add_argument(
+        "--similarity", action="store_true", help="only the band's between-class similarity, no tuning"
+    )
     args = parser.parse_args()
+    if args.out is None and not args.similarity:
+        parser.error("--out is required")
     if args.summary:
         return summarise([json.loads(line) for line in args.out.read_text().splitlines()], args.episodes)
     dataset, backbone, band = familiarity_band(
         args.data, args.shot, args.episodes, args.seed, args.low, args.high
     )
+    if args.similarity:
+        return describe_similarity(dataset, backbone, band)
     trained: list[fewtune.Classifier] = []
     train = fewtune.train
 
@@ -73,6 +81,28 @@ def main() -> None:
                 flush=True,
             )
     summarise([json.loads(line) for line in args.out.read_text().splitlines()], args.episodes)
+
+
+def describe_similarity(dataset, backbone, band: list) -> None:
+    """How alike the band's classes look (mean between-class cosine similarity of the support):
+    a second signal to tell, say, characters from blurry photos at the same familiarity."""
+    import numpy as np
+    import torch
+
+    from fewtune.features.embedding import embed_files
+    from fewtune.geometry import between_class_similarity
+
+    features = embed_files(backbone, dataset.paths).features
+    found = []
+    for _, episode, _ in band:
+        known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
+        labels = torch.tensor([episode.classes.index(dataset.labels[i]) for i in known])
+        found.append(between_class_similarity(features[known], labels))
+    if found:
+        print(
+            f"{len(found)} tasks; between-class similarity min {min(found):.3f}, median "
+            f"{float(np.median(found)):.3f}, max {max(found):.3f}"
+        )
 
 
 def summarise(rows: list[dict], episodes: int) -> None:
