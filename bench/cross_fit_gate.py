@@ -23,9 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import default_path  # noqa: E402
+import torch  # noqa: E402
 from default_path import familiarity_band, run_episode  # noqa: E402
 
 import fewtune  # noqa: E402
+from fewtune.features.embedding import embed_files  # noqa: E402
+from fewtune.geometry import between_class_similarity  # noqa: E402
+from fewtune.strategies.finetune.decision import ALIKE  # noqa: E402
 
 
 def main() -> None:
@@ -51,6 +55,7 @@ def main() -> None:
     )
     if args.similarity:
         return describe_similarity(dataset, backbone, band)
+    features = embed_files(backbone, dataset.paths).features
     trained: list[fewtune.Classifier] = []
     train = fewtune.train
 
@@ -63,9 +68,12 @@ def main() -> None:
         for n, episode, familiarity in band:
             auto, _ = run_episode(dataset, episode, 5, "auto", backbone)
             tuning = trained[-1].fit_report.get("fine-tuning", {})
+            known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
+            labels = torch.tensor([episode.classes.index(dataset.labels[i]) for i in known])
             row = {
                 "episode": n,
                 "familiarity": round(familiarity, 4),
+                "similarity": round(between_class_similarity(features[known], labels), 4),
                 "auto": auto,
                 **tuning.get("cross_fit", {}),
             }
@@ -111,8 +119,13 @@ def summarise(rows: list[dict], episodes: int) -> None:
         f"{len(rows)} tasks in the familiarity range; auto tuned {len(rows) - len(kept)}, "
         f"kept {len(kept)} frozen"
     )
-    ties = [r for r in kept if r.get("tuned_correct") == r.get("frozen_correct")]
-    for name, tasks in (("every kept task", kept), ("kept tasks whose check was a tie", ties)):
+    ties = [r for r in kept if "held_out" in r and r["tuned_correct"] == r["frozen_correct"]]
+    alike = [r for r in ties if r.get("similarity", 0.0) >= ALIKE]
+    for name, tasks in (
+        ("every kept task", kept),
+        ("kept tasks whose check was a tie", ties),
+        (f"kept ties on classes that look alike (similarity >= {ALIKE})", alike),
+    ):
         gain = {
             k: 100 * sum(r["finetune"][k] - r["auto"][k] for r in tasks) for k in ("closed_acc", "open_acc")
         }

@@ -94,8 +94,11 @@ def test_an_unknown_answer_never_carries_a_probability_of_one(frozen, colour_dat
     )
 
 
-def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int, familiarity: float = 0.2):
-    """Images unlike ImageNet (so the rule says tune), not far enough to skip the check."""
+def _cross_fit_says(
+    monkeypatch, tuned_correct: int, frozen_correct: int, familiarity: float = 0.2, alike: float = 0.3
+):
+    """Images unlike ImageNet (so the rule says tune), not far enough to skip the check, whose
+    classes look as alike as ``alike`` (between-class similarity)."""
     original = Finetune._cross_fitted_tune
 
     def rigged(self, *args, **kwargs):
@@ -105,6 +108,9 @@ def _cross_fit_says(monkeypatch, tuned_correct: int, frozen_correct: int, famili
     monkeypatch.setattr(Finetune, "_cross_fitted_tune", rigged)
     monkeypatch.setattr(
         "fewtune.strategies.finetune.decision.imagenet_familiarity", lambda backbone, features: familiarity
+    )
+    monkeypatch.setattr(
+        "fewtune.strategies.finetune.decision.between_class_similarity", lambda features, labels: alike
     )
 
 
@@ -146,6 +152,15 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(
     # a class added later is embedded by both bodies
     loaded.add_examples("red2", [colour_data / "red" / "0.png", colour_data / "red" / "1.png"])
     assert len(loaded.head.support.novelty) == len(loaded.head.support.features) == 11
+
+
+def test_a_tied_check_tunes_classes_that_look_alike(tiny_backbone, colour_data, monkeypatch):
+    """Characters and blurry photos share a familiarity; how alike the classes look tells them apart."""
+    _cross_fit_says(monkeypatch, tuned_correct=2, frozen_correct=2, alike=0.6)
+    classifier = fewtune.train(colour_data, backbone=tiny_backbone)
+    assert classifier.fit_report["chosen"] == "finetune" and "look alike" in classifier.fit_report["why"]
+    _cross_fit_says(monkeypatch, tuned_correct=1, frozen_correct=2, alike=0.6)  # a loss still vetoes
+    assert fewtune.train(colour_data, backbone=tiny_backbone).pretrained is None
 
 
 def test_images_far_from_imagenet_are_tuned_without_a_cross_fitted_check(

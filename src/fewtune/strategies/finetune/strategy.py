@@ -154,10 +154,17 @@ class Finetune(Strategy):
                 f"other {evidence['held_out']} images right, against {evidence['frozen_correct']} "
                 "for frozen features"
             )
-            if evidence["tuned_correct"] <= evidence["frozen_correct"]:
+            tie = evidence["tuned_correct"] == evidence["frozen_correct"]
+            alike = decision.classes_look_alike(features, labels) if tie else None
+            if evidence["tuned_correct"] < evidence["frozen_correct"] or (tie and alike is None):
                 self.tuning.update(unfreeze="none", why=f"{why}; but {compared}: kept frozen")
                 return backbone
             self.tuning["why"] += f"; {compared}"
+            if alike is not None:  # a tie on look-alike classes hid a gain (see ALIKE)
+                self.tuning["why"] += (
+                    f", a tie on classes that look alike (between-class similarity {alike:.2f} >= "
+                    f"{decision.ALIKE}), where ties hid a gain"
+                )
         train, validation = validation_split(labels, num_classes, self.config.val_split, self.config.seed)
         tuned = copy.deepcopy(backbone)
         result = tune_body(
