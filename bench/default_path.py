@@ -56,10 +56,12 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 
 def familiarity_band(
     data: Path, shot: int, episodes: int, seed: int, low: float, high: float
-) -> tuple[Dataset, fewtune.Backbone, list[tuple[int, object, float]]]:
+) -> tuple[Dataset, fewtune.Backbone, list[tuple[int, object, float, float]]]:
     """The dataset, the backbone and the 5-way episodes of :func:`main` (seeded alike) whose
-    support images' ImageNet familiarity is in [low, high): ``(index, episode, familiarity)``."""
+    support images' ImageNet familiarity is in [low, high): ``(index, episode, familiarity,
+    between-class similarity of the support)``."""
     from fewtune.features.embedding import embed_files
+    from fewtune.geometry import between_class_similarity
     from fewtune.strategies.finetune.decision import imagenet_familiarity
 
     backbone = fewtune.create_backbone()
@@ -70,7 +72,8 @@ def familiarity_band(
         known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
         familiarity = imagenet_familiarity(backbone, features[known])
         if familiarity is not None and low <= familiarity < high:
-            band.append((n, episode, familiarity))
+            labels = torch.tensor([episode.classes.index(dataset.labels[i]) for i in known])
+            band.append((n, episode, familiarity, between_class_similarity(features[known], labels)))
     return dataset, backbone, band
 
 

@@ -35,7 +35,7 @@ def main() -> None:
     decision.FAR_FROM_IMAGENET = args.high  # read at call time: auto tunes every task below HIGH
     dataset, backbone, band = familiarity_band(args.data, 1, args.episodes, args.seed, args.low, args.high)
     diffs = []
-    for n, episode, familiarity in band:
+    for n, episode, familiarity, _ in band:
         tuned, _ = run_episode(dataset, episode, 5, "auto", backbone)
         frozen, _ = run_episode(dataset, episode, 5, "probe", backbone)
         diffs.append((tuned["closed_acc"] - frozen["closed_acc"], tuned["open_acc"] - frozen["open_acc"]))
