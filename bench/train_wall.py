@@ -2,7 +2,10 @@
 
 The first CLASSES classes (sorted) of ``--data`` with their first 20 images each are linked into
 a scratch folder; ``fewtune train`` runs once untimed to fill the cache, then is timed per
-strategy in a fresh process, as a user would run it.
+strategy in a fresh process, as a user would run it. With ``--repeat N`` each timing is taken N times, each
+beside a bare ``python -c "import torch"``, and the least is kept (the run least disturbed by
+the rest of a shared machine); ``torch_import_s`` then tells how much of the wall is torch's
+own import, which no fewtune code can shorten.
 
     python bench/train_wall.py --data ../shared/data/caltech101 --classes 10,30,60
     python bench/train_wall.py --data ../shared/data/caltech101 --src OLD_CHECKOUT/src  # another version
@@ -36,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--skip", default="", help="comma-separated CLASSES:STRATEGY pairs not to run (e.g. 60:probe)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="time each run N times; keep the least")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -63,9 +67,11 @@ def main(argv: list[str] | None = None) -> None:
             for strategy in args.strategies.split(","):
                 if f"{classes}:{strategy}" in skip:
                     continue
-                start, cpu = time.perf_counter(), _children_cpu()
-                subprocess.run([*command, "--strategy", strategy], env=env, check=True, capture_output=True)
-                wall, cpu = round(time.perf_counter() - start, 2), round(_children_cpu() - cpu, 2)
+                timings = [
+                    (_timed([*command, "--strategy", strategy], env), _timed(IMPORT_TORCH, env))
+                    for _ in range(args.repeat)
+                ]
+                (wall, cpu), _ = min(timings)
                 row = {
                     "classes": classes,
                     "images": args.images,
@@ -73,11 +79,24 @@ def main(argv: list[str] | None = None) -> None:
                     "wall_s": wall,
                     "cpu_s": cpu,
                 }
+                if args.repeat > 1:
+                    row["runs"] = args.repeat
+                    row["torch_import_s"] = min(t[1][0] for t in timings)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+IMPORT_TORCH = [sys.executable, "-c", "import torch"]
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run of ``command``."""
+    start, cpu = time.perf_counter(), _children_cpu()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return round(time.perf_counter() - start, 2), round(_children_cpu() - cpu, 2)
 
 
 def _children_cpu() -> float:
