@@ -75,6 +75,33 @@ def calibrate_threshold(
     The report's ``spread`` (standard deviation of the calibration scores) sets how fast
     :func:`unknown_probability` moves away from 1/2 around the threshold.
     """
+    held_out, against_others = support_novelty(features, labels, num_classes)
+    if held_out is not None:
+        scores = held_out
+        threshold = known_quantile(scores, target)
+        how = {
+            "method": "leave-one-out conformal quantile, at least the normal-fit quantile",
+            "target_known_recall": target,
+        }
+    else:
+        scores = against_others  # each example as if its class were unknown
+        threshold = float(scores.mean()) + ONE_SHOT_MARGIN * (float(scores.std()) if len(scores) > 1 else 0.0)
+        how = {
+            "method": "one example per class: mean + 1 sd of each example's novelty against the other classes"
+        }
+    spread = float(scores.std()) if len(scores) > 1 else 0.0
+    return threshold, {**how, "calibration_examples": len(scores), "spread": round(max(spread, 1e-3), 6)}
+
+
+def support_novelty(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Novelty scores of the support set that no prototype was built from.
+
+    Returns ``(held_out, against_others)``: the leave-one-out novelty of each example of a class
+    with 2+ examples (None if there is none), and each example's novelty against the other
+    classes only, as if its own class were unknown.
+    """
     similarity = leave_one_out_similarity(features, labels, num_classes)
     counts = torch.bincount(labels, minlength=num_classes)
     own = torch.arange(len(labels))
@@ -82,28 +109,8 @@ def calibrate_threshold(
     similarity[own, labels] = -math.inf
     best_other = similarity.max(dim=1).values
     holdable = counts[labels] >= 2
-    if holdable.any():
-        scores = (1 - torch.maximum(own_similarity, best_other))[holdable]
-        # with fewer than 1/(1 - target) - 1 scores (49 at 98%) the conformal quantile is the
-        # largest score, which covers only n/(n+1) of new known inputs; the normal fit's quantile
-        # extrapolates the tail (development episodes, 5-way 5-shot: Caltech known images
-        # rejected 2.6% -> 1.7%, never-taught 80% -> 74%; Omniglot 3.7% -> 3.4%, 51% -> 50%)
-        normal = float(scores.mean()) + NormalDist().inv_cdf(target) * (
-            float(scores.std()) if len(scores) > 1 else 0.0
-        )
-        threshold = max(_conformal_quantile(scores, target), normal)
-        how = {
-            "method": "leave-one-out conformal quantile, at least the normal-fit quantile",
-            "target_known_recall": target,
-        }
-    else:
-        scores = 1 - best_other  # each example as if its class were unknown
-        threshold = float(scores.mean()) + ONE_SHOT_MARGIN * (float(scores.std()) if len(scores) > 1 else 0.0)
-        how = {
-            "method": "one example per class: mean + 1 sd of each example's novelty against the other classes"
-        }
-    spread = float(scores.std()) if len(scores) > 1 else 0.0
-    return threshold, {**how, "calibration_examples": len(scores), "spread": round(max(spread, 1e-3), 6)}
+    held_out = (1 - torch.maximum(own_similarity, best_other))[holdable] if holdable.any() else None
+    return held_out, 1 - best_other
 
 
 def unknown_probability(novelty: torch.Tensor, threshold: float, spread: float) -> torch.Tensor:
@@ -120,7 +127,24 @@ def unknown_probability(novelty: torch.Tensor, threshold: float, spread: float) 
     return torch.sigmoid((novelty - threshold) / max(spread, 1e-3)).clamp(1 - cap, cap)
 
 
-def _conformal_quantile(scores: torch.Tensor, target: float) -> float:
+def known_quantile(scores: torch.Tensor, target: float) -> float:
+    """The novelty below which ``target`` of new known-class inputs should fall, from held-out
+    support scores: the conformal quantile, at least the normal fit's quantile.
+
+    With fewer than 1/(1 - target) - 1 scores (49 at 98%) the conformal quantile is the largest
+    score, which covers only n/(n+1) of new known inputs; the normal fit's quantile extrapolates
+    the tail (development episodes, 5-way 5-shot: Caltech known images rejected 2.6% -> 1.7%,
+    never-taught 80% -> 74%; Omniglot 3.7% -> 3.4%, 51% -> 50%). A log-normal fit, whose tail is
+    longer, rejected as many known drawings as targeted on Omniglot but caught a quarter fewer
+    unknown photos on Caltech-101 (``bench/threshold_rules.py``, docs/benchmarks.md).
+    """
+    normal = float(scores.mean()) + NormalDist().inv_cdf(target) * (
+        float(scores.std()) if len(scores) > 1 else 0.0
+    )
+    return max(conformal_quantile(scores, target), normal)
+
+
+def conformal_quantile(scores: torch.Tensor, target: float) -> float:
     """The ceil((n+1) * target)-th smallest score: a new exchangeable score falls below it with
     probability >= target. With too few scores for that, the largest."""
     ordered = scores.sort().values
