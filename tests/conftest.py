@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,9 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_weights) -> fewtune.Backbone:
-    return fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    """At 64 px rather than its 160: the mechanics are the same, and a fine-tune is ~6x cheaper."""
+    backbone = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
+    return replace(backbone, preprocessing={**backbone.preprocessing, "input_size": [3, 64, 64]})
 
 
 @pytest.fixture(scope="session")
