@@ -7,7 +7,8 @@ is noisy and ties are common. This reruns, on the same seeded episodes as
 as it is, and each task it kept frozen also with ``finetune`` (which tunes it), and prints the
 check's counts beside both accuracies: enough to score any rule on the counts and the familiarity
 without tuning again. At the end it sums, over the tasks in ``--out``, what tuning each task
-`auto` kept frozen would change, for every task and for those where the check was a tie.
+`auto` kept frozen would change: for every task, for those where the check was a tie, and for
+those on look-alike classes (which `auto` now tunes without the check).
 
     python bench/cross_fit_gate.py ../shared/data/omniglot --seed 0 --episodes 50 --out gate.json
     python bench/cross_fit_gate.py ../shared/data/omniglot --seed 0 --low 0.13 --high 0.25 --similarity
@@ -26,7 +27,7 @@ import default_path  # noqa: E402
 from default_path import familiarity_band, run_episode  # noqa: E402
 
 import fewtune  # noqa: E402
-from fewtune.strategies.finetune.decision import ALIKE  # noqa: E402
+from fewtune.strategies.finetune.decision import ALIKE, FAMILIARITY  # noqa: E402
 
 
 def main() -> None:
@@ -89,6 +90,7 @@ def describe_similarity(band: list) -> None:
     """How alike the band's classes look (mean between-class cosine similarity of the support):
     a second signal to tell, say, characters from blurry photos at the same familiarity."""
     found = sorted(similarity for *_, similarity in band)
+    print(f"{len(found)} tasks in the familiarity range")
     if found:
         print(
             f"{len(found)} tasks; between-class similarity min {found[0]:.3f}, median "
@@ -103,11 +105,16 @@ def summarise(rows: list[dict], episodes: int) -> None:
         f"kept {len(kept)} frozen"
     )
     ties = [r for r in kept if "held_out" in r and r["tuned_correct"] == r["frozen_correct"]]
-    alike = [r for r in ties if r.get("similarity", 0.0) >= ALIKE]
+    # what decision.tune_without_check tunes unchecked: look-alike classes unlike ImageNet
+    alike = [r for r in kept if r.get("similarity", 0.0) >= ALIKE and r["familiarity"] < FAMILIARITY]
     for name, tasks in (
         ("every kept task", kept),
         ("kept tasks whose check was a tie", ties),
-        (f"kept ties on classes that look alike (similarity >= {ALIKE})", alike),
+        (
+            f"kept tasks on classes that look alike (similarity >= {ALIKE}, familiarity < {FAMILIARITY})",
+            alike,
+        ),
+        ("kept ties on classes that look alike", [r for r in ties if r in alike]),
     ):
         gain = {
             k: 100 * sum(r["finetune"][k] - r["auto"][k] for r in tasks) for k in ("closed_acc", "open_acc")

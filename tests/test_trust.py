@@ -16,7 +16,7 @@ from fewtune.model.openset import (
     calibrate_threshold,
     unknown_probability,
 )
-from fewtune.strategies.finetune import Finetune
+from fewtune.strategies.finetune import Finetune, decision
 
 
 def test_all_right_held_out_predictions_do_not_make_the_temperature_certain():
@@ -154,13 +154,32 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(
     assert len(loaded.head.support.novelty) == len(loaded.head.support.features) == 11
 
 
-def test_a_tied_check_tunes_classes_that_look_alike(tiny_backbone, colour_data, monkeypatch):
-    """Characters and blurry photos share a familiarity; how alike the classes look tells them apart."""
-    _cross_fit_says(monkeypatch, tuned_correct=2, frozen_correct=2, alike=0.6)
+def test_look_alike_classes_are_tuned_without_a_cross_fitted_check(tiny_backbone, colour_data, monkeypatch):
+    """Characters and blurry photos share a familiarity; how alike the classes look tells them apart,
+    and on look-alike classes the check only hid what tuning gained (bench/cross_fit_gate.py)."""
+    _cross_fit_says(monkeypatch, tuned_correct=0, frozen_correct=3, alike=0.6)
+    checks = []
+    monkeypatch.setattr(Finetune, "_cross_fitted_tune", lambda *a, **k: checks.append(1))
     classifier = fewtune.train(colour_data, backbone=tiny_backbone)
-    assert classifier.fit_report["chosen"] == "finetune" and "look alike" in classifier.fit_report["why"]
-    _cross_fit_says(monkeypatch, tuned_correct=1, frozen_correct=2, alike=0.6)  # a loss still vetoes
-    assert fewtune.train(colour_data, backbone=tiny_backbone).pretrained is None
+    assert classifier.fit_report["chosen"] == "finetune" and classifier.pretrained is tiny_backbone
+    assert not checks and "look alike" in classifier.fit_report["why"]
+
+
+@pytest.mark.parametrize(
+    ("familiarity", "similarity", "skips"),
+    [
+        (None, 0.9, None),
+        (0.05, 0.1, "far from ImageNet"),
+        (0.2, 0.6, "look alike"),
+        (0.2, 0.3, None),
+        (0.3, 0.9, None),
+    ],
+)
+def test_which_images_skip_the_cross_fitted_check(monkeypatch, familiarity, similarity, skips):
+    monkeypatch.setattr(decision, "imagenet_familiarity", lambda backbone, features: familiarity)
+    monkeypatch.setattr(decision, "between_class_similarity", lambda features, labels: similarity)
+    why = decision.tune_without_check(None, torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
+    assert (why is None) if skips is None else (skips in why)
 
 
 def test_images_far_from_imagenet_are_tuned_without_a_cross_fitted_check(

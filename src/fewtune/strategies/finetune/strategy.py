@@ -111,8 +111,8 @@ class Finetune(Strategy):
         tuned on half of each class's images and the other half is classified (a cross-fitted
         tune); the body is then tuned on every image only when that classified more held-out
         images right than the better of ``probe`` and ``prototype`` fitted on the same half of
-        frozen embeddings. Images far from ImageNet skip that check (see
-        :data:`~fewtune.strategies.finetune.decision.FAR_FROM_IMAGENET`). Without
+        frozen embeddings. Images far from ImageNet and look-alike classes skip that check (see
+        :func:`~fewtune.strategies.finetune.decision.tune_without_check`). Without
         ``require_gain`` (``--strategy finetune``) the support set's rule alone decides, at the
         cost of one tune.
 
@@ -131,14 +131,10 @@ class Finetune(Strategy):
         if top == 0:
             return backbone
         cross_fit = require_gain and int(torch.bincount(labels, minlength=num_classes).min()) >= 2
-        far = decision.far_from_imagenet(backbone, features) if cross_fit else None
-        if far is not None:  # the check would only veto tunes that pay (see FAR_FROM_IMAGENET)
+        unchecked = decision.tune_without_check(backbone, features, labels) if cross_fit else None
+        if unchecked is not None:  # the check would only veto tunes that pay
             cross_fit = False
-            self.tuning["why"] += (
-                f"; the images are far from ImageNet (top-1 probability {far:.2f} < "
-                f"{decision.FAR_FROM_IMAGENET}), where tuning gained on every task measured: "
-                "tuned without a cross-fitted check"
-            )
+            self.tuning["why"] += f"; {unchecked}: tuned without a cross-fitted check"
         if notify is not None:
             runs = 2 if cross_fit else 1
             seconds = runs * estimate_tune_seconds(backbone, self.config, len(paths))
@@ -154,17 +150,10 @@ class Finetune(Strategy):
                 f"other {evidence['held_out']} images right, against {evidence['frozen_correct']} "
                 "for frozen features"
             )
-            tie = evidence["tuned_correct"] == evidence["frozen_correct"]
-            alike = decision.classes_look_alike(features, labels) if tie else None
-            if evidence["tuned_correct"] < evidence["frozen_correct"] or (tie and alike is None):
+            if evidence["tuned_correct"] <= evidence["frozen_correct"]:
                 self.tuning.update(unfreeze="none", why=f"{why}; but {compared}: kept frozen")
                 return backbone
             self.tuning["why"] += f"; {compared}"
-            if alike is not None:  # a tie on look-alike classes hid a gain (see ALIKE)
-                self.tuning["why"] += (
-                    f", a tie on classes that look alike (between-class similarity {alike:.2f} >= "
-                    f"{decision.ALIKE}), where ties hid a gain"
-                )
         train, validation = validation_split(labels, num_classes, self.config.val_split, self.config.seed)
         tuned = copy.deepcopy(backbone)
         result = tune_body(
