@@ -90,8 +90,9 @@ def describe_similarity(band: list) -> None:
     """How alike the band's classes look (mean between-class cosine similarity of the support):
     a second signal to tell, say, characters from blurry photos at the same familiarity."""
     found = sorted(similarity for *_, similarity in band)
-    print(f"{len(found)} tasks in the familiarity range")
-    if found:
+    if not found:
+        print("no task in the familiarity range")
+    else:
         print(
             f"{len(found)} tasks; between-class similarity min {found[0]:.3f}, median "
             f"{found[len(found) // 2]:.3f}, max {found[-1]:.3f}"

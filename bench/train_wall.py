@@ -2,10 +2,10 @@
 
 The first CLASSES classes (sorted) of ``--data`` with their first 20 images each are linked into
 a scratch folder; ``fewtune train`` runs once untimed to fill the cache, then is timed per
-strategy in a fresh process, as a user would run it. With ``--repeat N`` each timing is taken N times, each
-beside a bare ``python -c "import torch"``, and the least is kept (the run least disturbed by
-the rest of a shared machine); ``torch_import_s`` then tells how much of the wall is torch's
-own import, which no fewtune code can shorten.
+strategy in a fresh process, as a user would run it. With ``--repeat N`` each timing is taken N
+times, each beside a bare ``python -c "import torch"``, and the least is kept (the run least
+disturbed by the rest of a shared machine); ``torch_import_s`` then tells how much of the wall
+is torch's own import, which no fewtune code can shorten.
 
     python bench/train_wall.py --data ../shared/data/caltech101 --classes 10,30,60
     python bench/train_wall.py --data ../shared/data/caltech101 --src OLD_CHECKOUT/src  # another version

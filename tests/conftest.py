@@ -56,7 +56,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_weights) -> fewtune.Backbone:
-    """At 64 px rather than its 160: the mechanics are the same, and a fine-tune is ~6x cheaper."""
+    """At 64 px rather than its 160: the mechanics are the same, and fine-tuning it costs less."""
     backbone = fewtune.create_backbone("test_efficientnet", weights=tiny_weights)
     return replace(backbone, preprocessing={**backbone.preprocessing, "input_size": [3, 64, 64]})
 
