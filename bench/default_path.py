@@ -18,6 +18,7 @@ strategy is trained through :func:`fewtune.train` on the support images, exactly
 - train seconds per episode, and for ``auto`` how often it fine-tuned.
 
     python bench/default_path.py --data ../shared/data/omniglot --settings 5x1,5x5,20x1 --episodes 100
+    python bench/default_path.py --data ../shared/data/omniglot --settings 5x5 --strategies auto --tasks 6,24
 """
 
 from __future__ import annotations
@@ -131,7 +132,12 @@ def main() -> None:
     parser.add_argument("--strategies", default="auto,prototype,probe,finetune")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/default_path.json"))
+    parser.add_argument(
+        "--tasks", help="comma-separated episode numbers: print each one's row and write nothing (reruns)"
+    )
     args = parser.parse_args()
+    if args.tasks:
+        return rerun_tasks(args, [int(n) for n in args.tasks.split(",")])
 
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []
     backbone = fewtune.create_backbone()
@@ -174,6 +180,31 @@ def main() -> None:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print_table(rows)
+
+
+def rerun_tasks(args: argparse.Namespace, tasks: list[int]) -> None:
+    """Chosen episodes of the same seeded draw, one JSON line per task and strategy: to measure
+    what a change does to the few tasks it touches (reruns are deterministic)."""
+    backbone = fewtune.create_backbone()
+    for data in args.data:
+        dataset = fewtune.load_dataset(data)
+        for setting in args.settings.split(","):
+            way, shot = (int(x) for x in setting.split("x"))
+            episodes = sample_episodes(dataset.labels, 2 * way, shot, args.queries, args.episodes, args.seed)
+            for strategy in args.strategies.split(","):
+                for n in tasks:
+                    row, _ = run_episode(dataset, episodes[n], way, strategy, backbone)
+                    print(
+                        json.dumps(
+                            {
+                                "dataset": data.name,
+                                "setting": setting,
+                                "strategy": strategy,
+                                "episode": n,
+                                **row,
+                            }
+                        )
+                    )
 
 
 def print_table(rows: list[dict]) -> None:
