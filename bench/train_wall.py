@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     skip = {s for s in args.skip.split(",") if s}
     env = {**os.environ, "PYTHONPATH": str(args.src.resolve())}
     # as an installed fewtune runs: its modules compiled once, not at every start (the untimed
-    # first run writes the bytecode); a shell with PYTHONDONTWRITEBYTECODE would add ~0.1-0.3 s
+    # first run writes the bytecode); a shell with PYTHONDONTWRITEBYTECODE would add ~0.08 s
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
