@@ -141,70 +141,61 @@ def main() -> None:
 
     rows = json.loads(args.out.read_text()) if args.out.is_file() else []
     backbone = fewtune.create_backbone()
+    for data, dataset, way, shot, episodes, strategy in draws(args):
+        started = time.perf_counter()
+        results, pooled = zip(
+            *(run_episode(dataset, e, way, strategy, backbone) for e in episodes), strict=True
+        )
+        row = {
+            "dataset": data.name,
+            "way": way,
+            "shot": shot,
+            "queries": args.queries,
+            "strategy": strategy,
+            "episodes": len(results),
+            "seed": args.seed,
+        }
+        for key in METRICS:
+            mean, ci = mean_ci95([r[key] * (1 if key == "seconds" else 100) for r in results])
+            row[key], row[key + "_ci95"] = round(mean, 2), round(ci, 2)
+        for key in sorted({k for r in results for k in r} - set(METRICS)):
+            row[key] = round(100 * float(np.mean([r.get(key, 0.0) for r in results])), 1)
+        truth = torch.cat([t for _, _, t in pooled])
+        for key, column in (("pooled_ece_t1", 0), ("pooled_ece", 1)):
+            probabilities = torch.cat([p[column] for p in pooled])
+            row[key] = round(100 * expected_calibration_error(probabilities, truth), 2)
+        row["wall_seconds"] = round(time.perf_counter() - started, 1)
+        rows = [
+            r
+            for r in rows
+            if (r["dataset"], r["way"], r["shot"], r["strategy"]) != (data.name, way, shot, strategy)
+        ]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows)
+
+
+def draws(args: argparse.Namespace):
+    """Each (data, dataset, way, shot, episodes, strategy) that the arguments ask for."""
     for data in args.data:
         dataset = fewtune.load_dataset(data)
         for setting in args.settings.split(","):
             way, shot = (int(x) for x in setting.split("x"))
             episodes = sample_episodes(dataset.labels, 2 * way, shot, args.queries, args.episodes, args.seed)
             for strategy in args.strategies.split(","):
-                started = time.perf_counter()
-                results, pooled = zip(
-                    *(run_episode(dataset, e, way, strategy, backbone) for e in episodes), strict=True
-                )
-                row = {
-                    "dataset": data.name,
-                    "way": way,
-                    "shot": shot,
-                    "queries": args.queries,
-                    "strategy": strategy,
-                    "episodes": len(results),
-                    "seed": args.seed,
-                }
-                for key in METRICS:
-                    mean, ci = mean_ci95([r[key] * (1 if key == "seconds" else 100) for r in results])
-                    row[key], row[key + "_ci95"] = round(mean, 2), round(ci, 2)
-                for key in sorted({k for r in results for k in r} - set(METRICS)):
-                    row[key] = round(100 * float(np.mean([r.get(key, 0.0) for r in results])), 1)
-                truth = torch.cat([t for _, _, t in pooled])
-                for key, column in (("pooled_ece_t1", 0), ("pooled_ece", 1)):
-                    probabilities = torch.cat([p[column] for p in pooled])
-                    row[key] = round(100 * expected_calibration_error(probabilities, truth), 2)
-                row["wall_seconds"] = round(time.perf_counter() - started, 1)
-                rows = [
-                    r
-                    for r in rows
-                    if (r["dataset"], r["way"], r["shot"], r["strategy"]) != (data.name, way, shot, strategy)
-                ]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print_table(rows)
+                yield data, dataset, way, shot, episodes, strategy
 
 
 def rerun_tasks(args: argparse.Namespace, tasks: list[int]) -> None:
     """Chosen episodes of the same seeded draw, one JSON line per task and strategy: to measure
     what a change does to the few tasks it touches (reruns are deterministic)."""
     backbone = fewtune.create_backbone()
-    for data in args.data:
-        dataset = fewtune.load_dataset(data)
-        for setting in args.settings.split(","):
-            way, shot = (int(x) for x in setting.split("x"))
-            episodes = sample_episodes(dataset.labels, 2 * way, shot, args.queries, args.episodes, args.seed)
-            for strategy in args.strategies.split(","):
-                for n in tasks:
-                    row, _ = run_episode(dataset, episodes[n], way, strategy, backbone)
-                    print(
-                        json.dumps(
-                            {
-                                "dataset": data.name,
-                                "setting": setting,
-                                "strategy": strategy,
-                                "episode": n,
-                                **row,
-                            }
-                        )
-                    )
+    for data, dataset, way, _, episodes, strategy in draws(args):
+        for n in tasks:
+            row, _ = run_episode(dataset, episodes[n], way, strategy, backbone)
+            print(json.dumps({"dataset": data.name, "way": way, "strategy": strategy, "episode": n, **row}))
 
 
 def print_table(rows: list[dict]) -> None:
