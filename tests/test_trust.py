@@ -154,15 +154,22 @@ def test_auto_fine_tunes_when_held_out_evidence_says_it_pays(
     assert len(loaded.head.support.novelty) == len(loaded.head.support.features) == 11
 
 
-def test_look_alike_classes_are_tuned_without_a_cross_fitted_check(tiny_backbone, colour_data, monkeypatch):
-    """Characters and blurry photos share a familiarity; how alike the classes look tells them apart,
-    and on look-alike classes the check only hid what tuning gained (bench/cross_fit_gate.py)."""
-    _cross_fit_says(monkeypatch, tuned_correct=0, frozen_correct=3, alike=0.6)
+@pytest.mark.parametrize(
+    ("familiarity", "alike", "why"),
+    [(0.05, 0.3, "far from ImageNet"), (0.2, 0.6, "look alike")],
+)
+def test_some_images_are_tuned_without_a_cross_fitted_check(
+    tiny_backbone, colour_data, monkeypatch, familiarity, alike, why
+):
+    """Images far from ImageNet, and look-alike classes unlike it (characters, not blurry photos):
+    there the check only vetoed tunes that paid (bench/cross_fit_gate.py), so it is not run."""
+    _cross_fit_says(monkeypatch, tuned_correct=0, frozen_correct=3, familiarity=familiarity, alike=alike)
     checks = []
     monkeypatch.setattr(Finetune, "_cross_fitted_tune", lambda *a, **k: checks.append(1))
     classifier = fewtune.train(colour_data, backbone=tiny_backbone)
     assert classifier.fit_report["chosen"] == "finetune" and classifier.pretrained is tiny_backbone
-    assert not checks and "look alike" in classifier.fit_report["why"]
+    assert not checks and why in classifier.fit_report["why"]
+    assert "tuned without a cross-fitted check" in classifier.fit_report["why"]
 
 
 @pytest.mark.parametrize(
@@ -180,18 +187,6 @@ def test_which_images_skip_the_cross_fitted_check(monkeypatch, familiarity, simi
     monkeypatch.setattr(decision, "between_class_similarity", lambda features, labels: similarity)
     why = decision.tune_without_check(None, torch.zeros(4, 3), torch.tensor([0, 0, 1, 1]))
     assert (why is None) if skips is None else (skips in why)
-
-
-def test_images_far_from_imagenet_are_tuned_without_a_cross_fitted_check(
-    tiny_backbone, colour_data, monkeypatch
-):
-    """There the check only vetoed tunes that paid (bench/cross_fit_gate.py): it is not run."""
-    _cross_fit_says(monkeypatch, tuned_correct=0, frozen_correct=3, familiarity=0.05)
-    checks = []
-    monkeypatch.setattr(Finetune, "_cross_fitted_tune", lambda *a, **k: checks.append(1))
-    classifier = fewtune.train(colour_data, backbone=tiny_backbone)
-    assert classifier.fit_report["chosen"] == "finetune" and classifier.pretrained is tiny_backbone
-    assert not checks and "tuned without a cross-fitted check" in classifier.fit_report["why"]
 
 
 def test_no_tune_means_frozen_strategies_only(tiny_backbone, colour_data, monkeypatch):

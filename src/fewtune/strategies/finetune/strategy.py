@@ -130,7 +130,8 @@ class Finetune(Strategy):
         }
         if top == 0:
             return backbone
-        cross_fit = require_gain and int(torch.bincount(labels, minlength=num_classes).min()) >= 2
+        fewest = int(torch.bincount(labels, minlength=num_classes).min())
+        cross_fit = require_gain and fewest >= 2
         unchecked = decision.tune_without_check(backbone, features, labels) if cross_fit else None
         if unchecked is not None:  # the check would only veto tunes that pay
             cross_fit = False
@@ -162,7 +163,7 @@ class Finetune(Strategy):
             validation=([pictures[i] for i in validation], labels[validation]) if len(validation) else None,
         )  # fmt: skip
         self.tuning["result"] = result.to_dict()
-        self.tuning["fewest_examples"] = int(torch.bincount(labels, minlength=num_classes).min())
+        self.tuning["fewest_examples"] = fewest
         if result.best_epoch == 0:
             self.tuning["why"] += (
                 "; tuning did not beat the frozen body on the validation images, so it was undone"
