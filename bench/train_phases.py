@@ -19,17 +19,16 @@ from pathlib import Path
 import fewtune
 from fewtune.model import head
 from fewtune.model import training as trainer
-from fewtune.strategies.finetune import decision, loop
-from fewtune.strategies.finetune import strategy as finetune_strategy
+from fewtune.strategies.finetune import decision, loop, views
 
 PHASES = [
     (trainer, "create_backbone", "load the backbone"),
     (trainer, "embed_files", "embed the images (frozen; again after tuning)"),
     (decision, "imagenet_familiarity", "decide: ImageNet familiarity"),
     (decision, "leave_one_out_accuracy", "decide: leave-one-out accuracy"),
-    (finetune_strategy, "load_pictures", "decode the pictures"),
+    (views, "load_pictures", "decode the pictures"),  # the strategy imports both where it tunes
     (loop, "prepare", "embed the augmented views, imprint the head"),
-    (finetune_strategy, "tune_body", "tune_body in all (views + training steps)"),
+    (loop, "tune_body", "tune_body in all (views + training steps)"),
     (head.Head, "fit", "fit the head, calibrate, unknown threshold"),
 ]
 

@@ -1,9 +1,11 @@
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_image
 
 import fewtune
@@ -19,13 +21,13 @@ def test_second_pass_comes_from_the_cache(tiny_backbone, colour_data, tmp_path):
     first = embed_files(tiny_backbone, paths, cache=cache)
     second = embed_files(tiny_backbone, paths, cache=cache)
     assert (first.computed, second.computed) == (9, 0)
-    torch.testing.assert_close(first.features, second.features)
+    np.testing.assert_array_equal(first.features, second.features)
     assert first.kept == list(range(9))
 
 
 def test_cache_matches_uncached_features(tiny_backbone, colour_data):
     paths = load_dataset(colour_data).paths
-    torch.testing.assert_close(
+    np.testing.assert_allclose(
         embed_files(tiny_backbone, paths, cache=False).features, embed_files(tiny_backbone, paths).features
     )
 
@@ -48,7 +50,7 @@ def test_corrupt_rows_are_recomputed(tiny_backbone, colour_data, tmp_path):
         db.execute("UPDATE features SET vector = ?", (b"\x00\x01",))
     again = embed_files(tiny_backbone, paths, cache=cache)
     assert again.computed == 2
-    torch.testing.assert_close(again.features, good)
+    np.testing.assert_allclose(again.features, good)
 
 
 def test_corrupt_cache_file_is_replaced_not_fatal(tiny_backbone, colour_data, tmp_path):
@@ -91,7 +93,7 @@ def test_a_warm_train_never_builds_the_backbone(colour_data, tiny_weights):
     cold = fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)
     warm = fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)
     assert not warm.backbone.built and warm.training["embeddings_computed"] == 0
-    assert torch.equal(warm.head.support.features, cold.head.support.features)
+    assert np.array_equal(warm.head.support.features, cold.head.support.features)
     photo = next(colour_data.glob("red/*"))
     assert (
         warm.predict([photo])[0].label == "red" and not warm.backbone.built
@@ -139,3 +141,27 @@ def test_a_busy_cache_is_never_taken_for_a_corrupt_one(tmp_path, monkeypatch):
     assert cache.get_many(["a"]) == {} and calls["n"] == 0  # a busy read is a miss
     cache._db = real
     assert list(cache.get_many(["a"])) == ["a"]  # the file and its rows are still there
+
+
+def test_warm_train_and_add_never_import_torch(colour_data, tiny_weights, tmp_path):
+    """The cache key already pins the backbone, and everything past it runs on NumPy: importing
+    torch alone took most of a 2 s warm ``train`` (see fewtune.numeric)."""
+    model, flags = tmp_path / "m", ["--backbone", "test_efficientnet", "--weights", str(tiny_weights), "-q"]
+    fewtune.train(colour_data, "probe", backbone="test_efficientnet", weights=tiny_weights)  # fills the cache
+    report = (
+        "import atexit, sys; atexit.register(lambda: print(sorted(m for m in sys.modules if 'torch' in m)))"
+    )
+    for strategy in ("probe", "prototype"):
+        argv = ["train", str(colour_data), "-o", str(model), "--strategy", strategy, *flags]
+        ran = subprocess.run(
+            [sys.executable, "-c", f"{report}; from fewtune.app.cli import main; main({argv!r})"],
+            capture_output=True, text=True, env=os.environ, check=True,
+        )  # fmt: skip
+        assert ran.stdout.strip() == "[]", (strategy, ran.stdout, ran.stderr)
+    argv = ["add", str(model), str(next(colour_data.glob("red/*"))), "--label", "crimson", "-q"]
+    ran = subprocess.run(
+        [sys.executable, "-c", f"{report}; from fewtune.app.cli import main; main({argv!r})"],
+        capture_output=True, text=True, env=os.environ, check=True,
+    )  # fmt: skip
+    assert ran.stdout.strip() == "[]", ran.stderr
+    assert "crimson" in fewtune.load(model).classes

@@ -9,13 +9,13 @@ pictures in memory become RGB ``PIL.Image`` objects and go through the same prep
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import numpy as np
-import torch
 from PIL import Image
 
 from fewtune.data.dataset import collect_inputs
@@ -23,7 +23,10 @@ from fewtune.data.images import MAX_PIXELS, to_rgb
 from fewtune.errors import FewtuneError
 
 #: One thing to classify, or a list of them (any mix).
-ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+ImageInput: TypeAlias = "str | Path | Image.Image | np.ndarray | torch.Tensor"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def expand(inputs: ImageInput | Sequence[ImageInput]) -> list[Item]:
         FewtuneError: an input is of no supported kind, or a path matches no image.
     """
     single = isinstance(inputs, (str, Path, Image.Image, np.ndarray)) or (
-        isinstance(inputs, torch.Tensor) and inputs.dim() <= 3
+        _is_tensor(inputs) and inputs.dim() <= 3
     )
     # a list, a tuple, a generator, or a 4-D tensor: a batch of C x H x W images
     entries = list(inputs) if not single and isinstance(inputs, Iterable) else [inputs]
@@ -76,7 +79,7 @@ def to_picture(value: Any, position: int = 0) -> Image.Image:
     where = f"input {position}"
     if isinstance(value, Image.Image):
         picture = value
-    elif isinstance(value, torch.Tensor):
+    elif _is_tensor(value):
         picture = _from_tensor(value, where)
     elif isinstance(value, np.ndarray):
         picture = _from_array(value, where)
@@ -112,8 +115,16 @@ def _from_array(array: np.ndarray, where: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def _is_tensor(value: Any) -> TypeGuard[torch.Tensor]:
+    """Whether ``value`` is a torch tensor, without importing torch: none exists unless it was."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def _from_tensor(tensor: torch.Tensor, where: str) -> Image.Image:
     """C x H x W (or H x W) tensor, uint8 0-255 or float 0-1 as torchvision's ``ToTensor`` makes."""
+    import torch  # already imported: the caller holds a tensor
+
     tensor = tensor.detach().cpu()
     if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
@@ -135,7 +146,7 @@ def _from_tensor(tensor: torch.Tensor, where: str) -> Image.Image:
 
 def embed_items(
     backbone: Any, items: Sequence[Item], *, skip_bad: bool = False, progress: bool = False
-) -> tuple[torch.Tensor, list[Item]]:
+) -> tuple[np.ndarray, list[Item]]:
     """(n_ok, dim) embeddings of ``items`` in their order, and the items they belong to.
 
     Files go through :func:`fewtune.features.embedding.embed_files` (cached; unreadable ones dropped under
@@ -145,7 +156,7 @@ def embed_items(
 
     files = [(i, item.path) for i, item in enumerate(items) if item.path is not None]
     pictures = [(i, item.picture) for i, item in enumerate(items) if item.picture is not None]
-    rows: dict[int, torch.Tensor] = {}
+    rows: dict[int, np.ndarray] = {}
     if files:
         embedded = embed_files(backbone, [p for _, p in files], skip_bad=skip_bad, progress=progress)
         rows.update({files[k][0]: row for k, row in zip(embedded.kept, embedded.features, strict=True)})
@@ -153,5 +164,5 @@ def embed_items(
         embedded_pictures = embed_images(backbone, [p for _, p in pictures])
         rows.update(zip([i for i, _ in pictures], embedded_pictures, strict=True))
     order = sorted(rows)
-    features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, backbone.dim)
+    features = np.stack([rows[i] for i in order]) if order else np.empty((0, backbone.dim), dtype=np.float32)
     return features, [items[i] for i in order]

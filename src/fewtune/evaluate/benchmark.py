@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.data.leakage import Fingerprints, duplicates, fingerprint
@@ -53,19 +53,19 @@ class Images:
 
 def fit_with_backbone(
     strategy: Strategy,
-    features: torch.Tensor,
+    features: np.ndarray,
     support: list[int],
-    labels: torch.Tensor,
+    labels: np.ndarray,
     num_classes: int,
     images: Images | None,
-) -> tuple[Head, Callable[[list[int]], torch.Tensor], Backbone | None]:
+) -> tuple[Head, Callable[[list[int]], np.ndarray], Backbone | None]:
     """Fit ``strategy`` on the items ``support`` (dataset indices) with episode ``labels``.
 
     Returns the head that scores, how to get the features of other items (re-embedded when the
     strategy fine-tuned the backbone), and the backbone a new image goes through (the tuned one
     after fine-tuning; ``images.backbone`` otherwise): what `compare` times predictions with."""
     support_features = features[support]
-    embed: Callable[[list[int]], torch.Tensor] = lambda items: features[items]  # noqa: E731
+    embed: Callable[[list[int]], np.ndarray] = lambda items: features[items]  # noqa: E731
     backbone = images.backbone if images is not None else None
     if images is None and strategy.learns_from_images:
         raise FewtuneError(
@@ -83,20 +83,20 @@ def fit_with_backbone(
 
 
 def episode_accuracy(
-    spec: str, features: torch.Tensor, labels: list[int], episode: Episode, images: Images | None = None
+    spec: str, features: np.ndarray, labels: list[int], episode: Episode, images: Images | None = None
 ) -> float:
     """Fit a fresh strategy on the episode's support set and score it on its query set."""
-    support, query = (torch.tensor(y) for y in episode.local_labels(labels))
+    support, query = (np.asarray(y, dtype=np.int64) for y in episode.local_labels(labels))
     strategy = build_strategy(spec)
     head, embed, _ = fit_with_backbone(
         strategy, features, episode.support, support, len(episode.classes), images
     )
-    return float((head.probabilities(embed(episode.query)).argmax(dim=1) == query).float().mean())
+    return float((head.probabilities(embed(episode.query)).argmax(axis=1) == query).mean())
 
 
 def run_setting(
     specs: list[str],
-    features: torch.Tensor,
+    features: np.ndarray,
     labels: list[int],
     setting: Setting,
     advance: Callable[[int], None] | None = None,
@@ -112,12 +112,12 @@ def run_setting(
         fewtune.errors.Interrupted: on Ctrl-C, carrying the rows so far; a partial row has
             ``"interrupted": true``.
     """
+    from threadpoolctl import threadpool_limits
+
     rows: list[dict[str, Any]] = []
-    threads = torch.get_num_threads()
-    try:
-        for spec in specs:
-            # episodes on embeddings are tiny problems: a second thread only adds sync cost
-            torch.set_num_threads(threads if build_strategy(spec).learns_from_images else 1)
+    for spec in specs:
+        # episodes on embeddings are tiny problems: a second thread only adds sync cost
+        with threadpool_limits(None if build_strategy(spec).learns_from_images else 1):
             started, scores = time.perf_counter(), []
             try:
                 for episode in setting.episodes:
@@ -129,8 +129,6 @@ def run_setting(
                     rows.append({**_row(spec, setting, scores, started), "interrupted": True})
                 raise Interrupted("interrupted", rows) from None
             rows.append(_row(spec, setting, scores, started))
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.data.images import load as load_image
@@ -91,7 +90,7 @@ def compare(
     for name in strategies:
         create_strategy(name)
     features = embed_files(backbone, dataset.paths, progress=progress).features
-    labels = torch.tensor(dataset.labels)
+    labels = np.asarray(dataset.labels, dtype=np.int64)
     pool, test = holdout_split(dataset.labels, test_fraction, seed)
     pairs = duplicates(fingerprint(dataset.paths), test, [i for members in pool.values() for i in members])
     leaks = [(str(dataset.paths[i]), str(dataset.paths[j])) for i, j in pairs]
@@ -128,7 +127,7 @@ def compare(
                             used or backbone, head, [dataset.paths[i] for i in test[:4]]
                         )
                     right = predicted == labels[test]
-                    scores.setdefault((name, k), []).append(float(right.float().mean()))
+                    scores.setdefault((name, k), []).append(float(right.mean()))
                     if k == usable[-1] and draw == 0:
                         mistakes[name] = [
                             (
@@ -136,7 +135,7 @@ def compare(
                                 dataset.classes[int(labels[test[j]])],
                                 dataset.classes[int(predicted[j])],
                             )
-                            for j in (~right).nonzero().flatten().tolist()
+                            for j in np.flatnonzero(~right).tolist()
                         ]
                 if advance:
                     advance(1)
@@ -194,7 +193,7 @@ def _predict_ms(backbone: Backbone, head: Head, paths: list[Path]) -> float:
 
     def once(path: Path) -> float:
         started = time.perf_counter()
-        head.probabilities(backbone.embed(transform(load_image(path)).unsqueeze(0)))
+        head.probabilities(backbone.embed(transform(load_image(path)).unsqueeze(0)).numpy())
         return time.perf_counter() - started
 
     once(paths[0])

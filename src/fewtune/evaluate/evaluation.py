@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.data.inputs import ImageInput
@@ -93,22 +93,22 @@ def evaluate(
     names = [data.classes[data.labels[i]] for i in kept]
     paths = [str(data.paths[i]) for i in kept]
     similarity = normalize(batch.novelty) @ normalize(head.support.novelty).T
-    copies = similarity.max(dim=1).values >= SAME_PICTURE if len(batch) else torch.zeros(0, dtype=torch.bool)
+    copies = similarity.max(axis=1) >= SAME_PICTURE if len(batch) else np.zeros(0, dtype=bool)
     duplicates = [p for p, c in zip(paths, copies.tolist(), strict=True) if c]
     if dedupe and duplicates:
-        keep = (~copies).nonzero().flatten().tolist()
+        keep = np.flatnonzero(~copies).tolist()
         names, paths, batch = [names[i] for i in keep], [paths[i] for i in keep], batch.select(keep)
-    known = torch.tensor([n in classifier.classes for n in names], dtype=torch.bool)
+    known = np.array([n in classifier.classes for n in names], dtype=bool)
     probabilities = head.probabilities(batch.features[known])
     uncalibrated = head.probabilities(batch.features[known], temperature=1.0)
-    truth = torch.tensor(
+    truth = np.array(
         [classifier.classes.index(n) for n, k in zip(names, known.tolist(), strict=True) if k],
-        dtype=torch.long,
+        dtype=np.int64,
     )
     predicted = probabilities.argmax(1)
     num_classes = len(classifier.classes)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((truth, predicted), torch.ones_like(truth), accumulate=True)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
 
     per_class = []
     for c, label in enumerate(classifier.classes):
@@ -120,15 +120,15 @@ def evaluate(
     present = [s for s in per_class if s.support]
 
     known_paths = [p for p, k in zip(paths, known.tolist(), strict=True) if k]
-    confidence = probabilities.max(1).values
-    wrong = (predicted != truth).nonzero().flatten().tolist()
+    confidence = probabilities.max(1)
+    wrong = np.flatnonzero(predicted != truth).tolist()
     wrong.sort(key=lambda i: -float(confidence[i]))
     novelty = head.novelty(batch.novelty)
     threshold = classifier.open_set.threshold
     unknown_names = sorted({n for n, k in zip(names, known.tolist(), strict=True) if not k})
     return Report(
         images=int(known.sum()),
-        accuracy=round(float((predicted == truth).double().mean()) if len(truth) else 0.0, 4),
+        accuracy=round(float((predicted == truth).mean()) if len(truth) else 0.0, 4),
         balanced_accuracy=round(sum(s.recall for s in present) / len(present), 4) if present else 0.0,
         ece_uncalibrated=round(expected_calibration_error(uncalibrated, truth), 4) if len(truth) else 0.0,
         ece=round(expected_calibration_error(probabilities, truth), 4) if len(truth) else 0.0,
@@ -144,12 +144,10 @@ def evaluate(
             )
             for i in wrong[:mistakes]
         ],
-        known_rejected=round(float((novelty[known] > threshold).double().mean()), 4) if known.any() else 0.0,
+        known_rejected=round(float((novelty[known] > threshold).mean()), 4) if known.any() else 0.0,
         unknown_classes=unknown_names,
         unknown_images=int((~known).sum()),
-        unknown_rejected=round(float((novelty[~known] > threshold).double().mean()), 4)
-        if (~known).any()
-        else None,
+        unknown_rejected=round(float((novelty[~known] > threshold).mean()), 4) if (~known).any() else None,
         duplicates_of_training=duplicates,
         deduped=dedupe,
     )

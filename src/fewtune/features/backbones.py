@@ -15,8 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+import numpy as np
 
 from fewtune.errors import FewtuneError
 from fewtune.features.weights import (
@@ -29,7 +28,11 @@ from fewtune.features.weights import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from fewtune.features.folded import FoldedEmbedder
+
+# torch is imported where the network is used: a run served from the feature cache never needs it.
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: a timm network: they share ``forward_features``, ``forward_head``, ``get_classifier``,
@@ -99,7 +102,7 @@ class Backbone:
     _model: TimmModel | None = field(default=None, repr=False, compare=False)
     _build: Callable[[], TimmModel] | None = field(default=None, repr=False, compare=False)
     #: (the ImageNet classifier or None,) once read: benchmarks and servers ask once per fit
-    _imagenet: tuple[tuple[torch.Tensor, torch.Tensor] | None] | None = field(
+    _imagenet: tuple[tuple[np.ndarray, np.ndarray] | None] | None = field(
         default=None, init=False, repr=False, compare=False
     )
     #: embeds with the network, BatchNorms folded once that pays (see fewtune.features.folded)
@@ -111,6 +114,8 @@ class Backbone:
         if self._model is None:
             if self._build is None:
                 raise RuntimeError("backbone has neither a model nor a way to build one")
+            import torch
+
             with torch.inference_mode(False):  # built lazily, maybe inside embed: plain tensors
                 self._model = self._build()
         return self._model
@@ -137,24 +142,28 @@ class Backbone:
         """This backbone marked as fine-tuned, its parameters hashed (call after changing them)."""
         return replace(self, tuned_sha256=state_sha256(self.model.state_dict()))
 
-    @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits features. images: (n, 3, H, W) preprocessed -> (n, dim) float32."""
-        if self._embedder is None or self._embedder.model is not self.model:
-            from fewtune.features.folded import FoldedEmbedder
+        import torch
 
-            self._embedder = FoldedEmbedder(self.model)
-        return self._embedder(images).float()
+        from fewtune.features.folded import FoldedEmbedder
+
+        with torch.inference_mode():
+            if self._embedder is None or self._embedder.model is not self.model:
+                self._embedder = FoldedEmbedder(self.model)
+            return self._embedder(images).float()
 
     def warm_up(self) -> None:
         """Build the network and its folded copy now (see :meth:`embed`): a server calls this
         before its first request, which would otherwise pay for both."""
+        import torch
+
         size = self.preprocessing.get("input_size", (3, 224, 224))
         noise = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))  # checks the fold
         for _ in range(2):
             self.embed(noise.contiguous(memory_format=torch.channels_last))
 
-    def imagenet_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def imagenet_classifier(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The network's own ImageNet classifier on pooled embeddings, ``(weight, bias)``, or None
         when it has none. Kept beside the feature caches (5 MB for EfficientNet-Lite0) so a run
         served from the cache can ask it how ImageNet-like the images are without building the
@@ -163,9 +172,9 @@ class Backbone:
             self._imagenet = (self._read_imagenet_classifier(),)
         return self._imagenet[0]
 
-    def _read_imagenet_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _read_imagenet_classifier(self) -> tuple[np.ndarray, np.ndarray] | None:
         from safetensors import SafetensorError
-        from safetensors.torch import load_file, save
+        from safetensors.numpy import load_file, save
 
         from fewtune.features.cache import default_cache_dir
         from fewtune.storage import atomic
@@ -180,10 +189,14 @@ class Backbone:
                 return None  # remembered: this network has no ImageNet classifier
         except (OSError, SafetensorError, ValueError, RuntimeError):
             pass  # absent or unreadable: read it from the network, then remember it
+        from torch import nn
+
         layer = self.model.get_classifier()
         found = isinstance(layer, nn.Linear) and layer.in_features == self.dim
         tensors = (
-            {"weight": layer.weight.detach().clone(), "bias": layer.bias.detach().clone()} if found else {}
+            {"weight": layer.weight.detach().numpy().copy(), "bias": layer.bias.detach().numpy().copy()}
+            if found
+            else {}
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,10 +205,12 @@ class Backbone:
             pass  # a read-only cache only costs the network build next time
         return (tensors["weight"], tensors["bias"]) if found else None
 
-    @torch.inference_mode()
     def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The original classifier's logits, (n, 1000): proof the weights are really pretrained."""
-        return self.model(images)
+        import torch
+
+        with torch.inference_mode():
+            return self.model(images)
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> Backbone:
@@ -268,6 +283,7 @@ def _check_architecture(name: str, timm_name: str) -> None:
 def _build_model(name: str, spec: BackboneSpec | None, timm_name: str, weights_path: Path) -> TimmModel:
     """Create the timm network and load the weights strictly, in eval mode, frozen, channels-last."""
     import timm
+    import torch
 
     _check_architecture(name, timm_name)
     state = read_state_dict(weights_path)

@@ -1,5 +1,8 @@
 """Image files -> embeddings: read, hash, decode and preprocess in background threads while the
-backbone runs, and skip all of that for images already in the cache."""
+backbone runs, and skip all of that for images already in the cache.
+
+Embeddings leave here as NumPy float32 arrays: everything past the backbone works on them, and a
+run served from the cache never imports torch (see :mod:`fewtune.numeric`)."""
 
 from __future__ import annotations
 
@@ -9,10 +12,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
 from PIL import Image
 
 from fewtune.data import images
@@ -20,6 +22,9 @@ from fewtune.errors import FewtuneError
 from fewtune.features.backbones import Backbone
 from fewtune.features.cache import FeatureCache, default_cache_dir, shared_cache
 from fewtune.progress import ProgressBar
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Embedded:
         computed: how many embeddings the backbone computed (the rest came from the cache).
     """
 
-    features: torch.Tensor
+    features: np.ndarray
     kept: list[int]
     hashes: list[str]
     bad: list[tuple[Path, str]] = field(default_factory=list)
@@ -95,8 +100,10 @@ def embed_files(
         cached = cache.get_many(h for h in hashes if h) if cache else {}
         vectors: dict[int, np.ndarray] = {i: cached[h] for i, h in enumerate(hashes) if h in cached}
         todo = [i for i, h in enumerate(hashes) if h and h not in cached]
-        if todo and transform is None:  # timm's transforms only when there is backbone work to do
-            transform = build_transform(backbone.preprocessing)
+        if todo:  # torch and timm's transforms only when there is backbone work to do
+            import torch
+
+            transform = transform or build_transform(backbone.preprocessing)
 
         preprocess = cast(Callable, transform)  # built above whenever prepare() will run
 
@@ -131,11 +138,9 @@ def embed_files(
                 cache.put_many(new_rows)
 
     kept = sorted(vectors)
-    features = (
-        torch.from_numpy(np.stack([vectors[i] for i in kept])) if kept else torch.empty(0, backbone.dim)
-    )
+    features = np.stack([vectors[i] for i in kept]) if kept else np.empty((0, backbone.dim))
     return Embedded(
-        features=features.float(),
+        features=features.astype(np.float32, copy=False),
         kept=kept,
         hashes=[cast(str, hashes[i]) for i in kept],  # every kept row was hashed
         bad=[(Path(paths[i]), bad[i]) for i in sorted(bad)],
@@ -143,16 +148,18 @@ def embed_files(
     )
 
 
-def embed_images(backbone: Backbone, pictures: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+def embed_images(backbone: Backbone, pictures: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
     """(n, dim) embeddings of pictures already decoded to RGB (e.g. uploads), uncached."""
+    import torch
+
     transform = build_transform(backbone.preprocessing)
     if not pictures:
-        return torch.empty(0, backbone.dim)
+        return np.empty((0, backbone.dim), dtype=np.float32)
     batches = [
         torch.stack([transform(p) for p in pictures[s : s + batch_size]])
         for s in range(0, len(pictures), batch_size)
     ]
-    return torch.cat([backbone.embed(b) for b in batches])
+    return torch.cat([backbone.embed(b) for b in batches]).numpy()
 
 
 class _Inline:

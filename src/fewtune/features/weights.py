@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from fewtune.errors import FewtuneError
 
 if TYPE_CHECKING:
+    import torch
+
     from fewtune.features.backbones import BackboneSpec, TimmModel
 
 
@@ -37,6 +37,8 @@ def packaged_weights(spec: BackboneSpec) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read weights without executing code: safetensors, or torch.load(weights_only=True)."""
+    import torch
+
     if not path.is_file():
         raise FewtuneError(f"{path}: weights file not found; pass the path of a .safetensors or .pth file")
     state: Any
@@ -132,6 +134,8 @@ def sha256_file(path: Path) -> str:
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
     """Hash of a state dict's names, dtypes, shapes and values, independent of how it is stored."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().contiguous().cpu()

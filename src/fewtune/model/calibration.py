@@ -6,13 +6,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
+import numpy as np
+
+from fewtune.numeric import cross_entropy, log_softmax
 
 #: the search range of log T; a fit that ends on either bound is reported as such
 LOG_T_BOUNDS = (-4.0, 4.0)
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict[str, Any]]:
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, Any]]:
     """The T > 0 minimising the cross-entropy of softmax(logits / T) (Guo et al. 2017, "On
     Calibration of Modern Neural Networks") against *smoothed* targets, searched on log T.
 
@@ -29,17 +31,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     Args:
         logits: (n, num_classes) held-out logits; labels: (n,) their true classes.
     """
-    logits = logits.double()
+    logits = np.asarray(logits, dtype=np.float64)
     n, num_classes = logits.shape
     right = (n + 0.5) / (n + 1)
-    targets = torch.full((n, num_classes), (1 - right) / max(num_classes - 1, 1), dtype=torch.float64)
-    targets[torch.arange(n), labels] = right
+    targets = np.full((n, num_classes), (1 - right) / max(num_classes - 1, 1))
+    targets[np.arange(n), labels] = right
 
     def loss(log_t: float) -> float:
-        return float(-(targets * (logits / math.exp(log_t)).log_softmax(dim=1)).sum(dim=1).mean())
+        return float(-(targets * log_softmax(logits / math.exp(log_t))).sum(axis=1).mean())
 
     def nll(log_t: float) -> float:
-        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
+        return cross_entropy(logits / math.exp(log_t), labels)
 
     low, high = LOG_T_BOUNDS
     log_t = golden_section(loss, low, high, tolerance=1e-4)
@@ -76,16 +78,17 @@ def golden_section(function: Callable[[float], float], low: float, high: float, 
     return (a + b) / 2
 
 
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Weighted gap between confidence and accuracy over equal-width confidence bins (Naeini et al. 2015)."""
-    confidence, predicted = probabilities.max(dim=1)
-    correct = (predicted == labels).double()
-    edges = torch.linspace(0, 1, bins + 1)
+    probabilities = np.asarray(probabilities)
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    correct = (predicted == np.asarray(labels)).astype(np.float64)
+    edges = np.linspace(0, 1, bins + 1, dtype=np.float32)
     error = 0.0
     for low, high in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
             error += float(
-                inside.double().mean() * (confidence[inside].double().mean() - correct[inside].mean()).abs()
+                inside.mean() * abs(confidence[inside].astype(np.float64).mean() - correct[inside].mean())
             )
     return error

@@ -143,7 +143,7 @@ class Classifier:
         Takes what :meth:`predict` takes; one row per image, in input order (a folder gives a row per file).
         """
         features, _ = embed_items(self.backbone, expand(inputs))
-        return self.head.probabilities(features).numpy()
+        return self.head.probabilities(features)
 
     def add_examples(
         self, label: str, inputs: ImageInput | Sequence[ImageInput], *, progress: bool = False

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
+import numpy as np
 
 from fewtune.errors import FewtuneError
 from fewtune.geometry import between_class_similarity, class_means
@@ -21,6 +21,7 @@ from fewtune.model import transduction
 from fewtune.model.calibration import fit_temperature
 from fewtune.model.openset import OpenSet, calibrate_threshold, novelty, unknown_probability
 from fewtune.model.prediction import Prediction
+from fewtune.numeric import softmax
 from fewtune.strategies.base import Strategy
 
 #: Why a fine-tuned body keeps temperature 1 (its cosine head's own scale). A temperature fitted on
@@ -50,23 +51,23 @@ class Embeddings:
             fine-tuned, whose embeddings of its own training images sit too tight to judge by.
     """
 
-    features: torch.Tensor
-    novelty: torch.Tensor
+    features: np.ndarray
+    novelty: np.ndarray
 
     @classmethod
-    def frozen(cls, features: torch.Tensor) -> Embeddings:
+    def frozen(cls, features: np.ndarray) -> Embeddings:
         """Embeddings by a pretrained backbone: one tensor serves both purposes."""
         return cls(features, features)
 
     def __len__(self) -> int:
         return len(self.features)
 
-    def select(self, index: torch.Tensor | list[int]) -> Embeddings:
+    def select(self, index: np.ndarray | list[int]) -> Embeddings:
         return Embeddings(self.features[index], self.novelty[index])
 
     def extend(self, other: Embeddings) -> Embeddings:
         return Embeddings(
-            torch.cat([self.features, other.features]), torch.cat([self.novelty, other.novelty])
+            np.concatenate([self.features, other.features]), np.concatenate([self.novelty, other.novelty])
         )
 
 
@@ -84,17 +85,15 @@ class Head:
     strategy: Strategy
     classes: list[str]
     support: Embeddings
-    labels: torch.Tensor
+    labels: np.ndarray
     open_set: OpenSet = field(default_factory=OpenSet)
     temperature: float = 1.0
     calibration: dict[str, Any] = field(default_factory=dict)
     fit_report: dict[str, Any] = field(default_factory=dict)
-    _prototypes: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _prototypes: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def around(
-        cls, strategy: Strategy, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> Head:
+    def around(cls, strategy: Strategy, features: np.ndarray, labels: np.ndarray, num_classes: int) -> Head:
         """A head on a strategy already fitted to ``features``, for closed-set scoring (benchmark,
         compare): temperature 1 and no calibration, which leave every answer's class unchanged."""
         classes = [str(c) for c in range(num_classes)]
@@ -132,18 +131,18 @@ class Head:
         threshold, how_threshold = calibrate_threshold(self.support.novelty, labels, num_classes)
         self.open_set = replace(self.open_set, threshold=threshold, calibration=how_threshold)
 
-    def probabilities(self, features: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    def probabilities(self, features: np.ndarray, temperature: float | None = None) -> np.ndarray:
         """(n, num_classes) calibrated probabilities of embeddings by the classifier's backbone
         (``temperature=1.0``: the strategy's own, uncalibrated, for comparison)."""
         if features.shape[0] == 0:
-            return torch.empty(0, len(self.classes))
+            return np.empty((0, len(self.classes)), dtype=np.float32)
         scale = self.temperature if temperature is None else temperature
-        return (self.strategy.logits(features) / scale).softmax(dim=1)
+        return softmax(self.strategy.logits(features) / np.float32(scale))
 
-    def novelty(self, pretrained: torch.Tensor) -> torch.Tensor:
+    def novelty(self, pretrained: np.ndarray) -> np.ndarray:
         """(n,) novelty of embeddings by the pretrained backbone (see :mod:`fewtune.model.openset`)."""
         if pretrained.shape[0] == 0:
-            return torch.empty(0)
+            return np.empty(0, dtype=np.float32)
         if self._prototypes is None:  # the support changes only through fit()
             self._prototypes = class_means(self.support.novelty, self.labels, len(self.classes))
         return novelty(pretrained, self._prototypes)
@@ -181,7 +180,9 @@ class Head:
             scores_novelty, threshold, float(settings.calibration.get("spread", 0.05))
         )
         k = max(1, min(top_k, len(self.classes)))
-        top_scores, top_indices = (t.tolist() for t in probabilities.topk(k, dim=1))
+        top_indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(probabilities, top_indices, axis=1).tolist()
+        top_indices = top_indices.tolist()
         # plain floats once: indexing tensors element by element was most of the head's time
         rows, novelties, doubts = probabilities.tolist(), scores_novelty.tolist(), doubt.tolist()
         results = []
@@ -206,17 +207,17 @@ class Head:
         return results
 
     def _transductive(
-        self, features: torch.Tensor, mode: bool | str, inductive: torch.Tensor
-    ) -> torch.Tensor | None:
+        self, features: np.ndarray, mode: bool | str, inductive: np.ndarray
+    ) -> np.ndarray | None:
         """Probabilities of the batch refined on itself, or None where the inductive answer
         (``inductive``: its classes) stands."""
         if len(features) < 2:
             return None
         support, labels, num_classes = self.support.features, self.labels, len(self.classes)
         if mode == "balanced":
-            return transduction.log_probabilities(support, labels, num_classes, features, True).exp()
+            return np.exp(transduction.log_probabilities(support, labels, num_classes, features, True))
         decided = transduction.decide(support, labels, num_classes, features, inductive)
-        return None if decided is None else decided[0].exp()
+        return None if decided is None else np.exp(decided[0])
 
     def add(self, label: str, batch: Embeddings) -> None:
         """Add a class from one or more examples, or more examples to a class, and refit."""
@@ -225,7 +226,7 @@ class Head:
             self.classes.append(label)
         index = self.classes.index(label)
         self.support = self.support.extend(batch)
-        self.labels = torch.cat([self.labels, torch.full((len(batch),), index)])
+        self.labels = np.concatenate([self.labels, np.full(len(batch), index, dtype=np.int64)])
         self.fit()
 
     def remove(self, label: str) -> None:
@@ -238,15 +239,15 @@ class Head:
             )
         index = self.classes.index(label)
         keep = self.labels != index
-        self.support = self.support.select(keep.nonzero().flatten())
-        self.labels = self.labels[keep] - (self.labels[keep] > index).long()
+        self.support = self.support.select(np.flatnonzero(keep))
+        self.labels = self.labels[keep] - (self.labels[keep] > index).astype(np.int64)
         self.classes.pop(index)
         self.fit()
 
     def counts(self) -> dict[str, int]:
         """Examples per class, in class order."""
         return dict(
-            zip(self.classes, torch.bincount(self.labels, minlength=len(self.classes)).tolist(), strict=True)
+            zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)).tolist(), strict=True)
         )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-import torch
+import numpy as np
 
 from fewtune.geometry import leave_one_out_similarity, normalize
 
@@ -49,13 +49,13 @@ class OpenSet:
     calibration: dict[str, Any] = field(default_factory=dict)
 
 
-def novelty(features: torch.Tensor, class_prototypes: torch.Tensor) -> torch.Tensor:
+def novelty(features: np.ndarray, class_prototypes: np.ndarray) -> np.ndarray:
     """(n,) in [0, 2]: 0 = identical direction to a prototype, higher = less like any known class."""
-    return 1 - (normalize(features) @ class_prototypes.T).max(dim=1).values
+    return 1 - (normalize(features) @ class_prototypes.T).max(axis=1)
 
 
 def calibrate_threshold(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, target: float = TARGET_KNOWN_RECALL
+    features: np.ndarray, labels: np.ndarray, num_classes: int, target: float = TARGET_KNOWN_RECALL
 ) -> tuple[float, dict[str, Any]]:
     """Choose the novelty threshold from the support set alone (pretrained embeddings).
 
@@ -85,17 +85,19 @@ def calibrate_threshold(
         }
     else:
         scores = against_others  # each example as if its class were unknown
-        threshold = float(scores.mean()) + ONE_SHOT_MARGIN * (float(scores.std()) if len(scores) > 1 else 0.0)
+        threshold = float(scores.mean()) + ONE_SHOT_MARGIN * (
+            float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
+        )
         how = {
             "method": "one example per class: mean + 1 sd of each example's novelty against the other classes"
         }
-    spread = float(scores.std()) if len(scores) > 1 else 0.0
+    spread = float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
     return threshold, {**how, "calibration_examples": len(scores), "spread": round(max(spread, 1e-3), 6)}
 
 
 def support_novelty(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+    features: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Novelty scores of the support set that no prototype was built from.
 
     Returns ``(held_out, against_others)``: the leave-one-out novelty of each example of a class
@@ -103,17 +105,17 @@ def support_novelty(
     classes only, as if its own class were unknown.
     """
     similarity = leave_one_out_similarity(features, labels, num_classes)
-    counts = torch.bincount(labels, minlength=num_classes)
-    own = torch.arange(len(labels))
-    own_similarity = similarity[own, labels]
-    similarity[own, labels] = -math.inf
-    best_other = similarity.max(dim=1).values
+    counts = np.bincount(labels, minlength=num_classes)
+    own = np.arange(len(labels))
+    own_similarity = similarity[own, labels].copy()
+    similarity[own, labels] = -np.inf
+    best_other = similarity.max(axis=1)
     holdable = counts[labels] >= 2
-    held_out = (1 - torch.maximum(own_similarity, best_other))[holdable] if holdable.any() else None
+    held_out = (1 - np.maximum(own_similarity, best_other))[holdable] if holdable.any() else None
     return held_out, 1 - best_other
 
 
-def unknown_probability(novelty: torch.Tensor, threshold: float, spread: float) -> torch.Tensor:
+def unknown_probability(novelty: np.ndarray, threshold: float, spread: float) -> np.ndarray:
     """(n,) how likely each input is of none of the classes: 1/2 at the threshold, logistic in
     (novelty - threshold) / spread, capped to [1 - CAP, CAP].
 
@@ -122,12 +124,13 @@ def unknown_probability(novelty: torch.Tensor, threshold: float, spread: float) 
     threshold say that it is in doubt, and no answer claim certainty.
     """
     if not math.isfinite(threshold):
-        return torch.full_like(novelty, 1 - UNKNOWN_PROBABILITY_CAP)
+        return np.full_like(novelty, 1 - UNKNOWN_PROBABILITY_CAP)
     cap = UNKNOWN_PROBABILITY_CAP
-    return torch.sigmoid((novelty - threshold) / max(spread, 1e-3)).clamp(1 - cap, cap)
+    logistic = 0.5 * (1 + np.tanh((novelty - threshold) / max(spread, 1e-3) / 2))  # no overflow
+    return np.clip(logistic, 1 - cap, cap).astype(novelty.dtype)
 
 
-def known_quantile(scores: torch.Tensor, target: float) -> float:
+def known_quantile(scores: np.ndarray, target: float) -> float:
     """The novelty below which ``target`` of new known-class inputs should fall, from held-out
     support scores: the conformal quantile, at least the normal fit's quantile.
 
@@ -139,14 +142,14 @@ def known_quantile(scores: torch.Tensor, target: float) -> float:
     unknown photos on Caltech-101 (``bench/threshold_rules.py``, docs/benchmarks.md).
     """
     normal = float(scores.mean()) + NormalDist().inv_cdf(target) * (
-        float(scores.std()) if len(scores) > 1 else 0.0
+        float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
     )
     return max(conformal_quantile(scores, target), normal)
 
 
-def conformal_quantile(scores: torch.Tensor, target: float) -> float:
+def conformal_quantile(scores: np.ndarray, target: float) -> float:
     """The ceil((n+1) * target)-th smallest score: a new exchangeable score falls below it with
     probability >= target. With too few scores for that, the largest."""
-    ordered = scores.sort().values
+    ordered = np.sort(scores)
     rank = min(math.ceil((len(ordered) + 1) * target), len(ordered))
     return float(ordered[rank - 1])

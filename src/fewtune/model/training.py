@@ -7,9 +7,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from fewtune.data.dataset import Dataset, load_dataset
 from fewtune.errors import FewtuneError
@@ -20,7 +20,10 @@ from fewtune.model.head import Embeddings, Head, check_class_names
 from fewtune.model.openset import DEFAULT_UNKNOWN_LABEL, OpenSet
 from fewtune.progress import Status
 from fewtune.strategies import create_strategy
-from fewtune.strategies.finetune import Finetune, LrFind, decision, load_pictures, lr_find, parse_unfreeze
+from fewtune.strategies.finetune import Finetune, decision, parse_unfreeze
+
+if TYPE_CHECKING:
+    from fewtune.strategies.finetune.lr_finder import LrFind
 
 DEFAULT_STRATEGY = "auto"
 
@@ -71,7 +74,7 @@ def train(
         with Status(f"loading the {backbone} backbone", enabled=progress):
             backbone = create_backbone(backbone, weights)
     embedded = embed_files(backbone, dataset.paths, cache=cache, skip_bad=skip_bad, progress=progress)
-    labels = torch.tensor([dataset.labels[i] for i in embedded.kept], dtype=torch.long)
+    labels = np.array([dataset.labels[i] for i in embedded.kept], dtype=np.int64)
     empty = [c for i, c in enumerate(dataset.classes) if not (labels == i).any()]
     if empty:
         raise FewtuneError(
@@ -91,7 +94,7 @@ def train(
         "source": str(dataset.source),
         "images": len(kept_paths),
         "per_class": dict(
-            zip(dataset.classes, torch.bincount(labels, minlength=len(dataset.classes)).tolist(), strict=True)
+            zip(dataset.classes, np.bincount(labels, minlength=len(dataset.classes)).tolist(), strict=True)
         ),
         "skipped_non_images": dataset.skipped,
         "bad_images": [{"path": str(p), "error": reason} for p, reason in embedded.bad],
@@ -118,7 +121,7 @@ def train(
 
 
 def _duplicates_across_classes(
-    paths: list[Path], hashes: list[str], labels: torch.Tensor, classes: list[str]
+    paths: list[Path], hashes: list[str], labels: np.ndarray, classes: list[str]
 ) -> list[dict]:
     """Files with identical bytes filed under different classes: almost always a labelling mistake."""
     groups: dict[str, list[int]] = defaultdict(list)
@@ -146,6 +149,11 @@ def find_lr(
     """Learning-rate range test for ``finetune`` on this data (see
     :func:`fewtune.strategies.finetune.lr_finder.lr_find`); opens the stages ``unfreeze`` names
     (``auto``: the ones fine-tuning would open)."""
+    import torch
+
+    from fewtune.strategies.finetune.lr_finder import lr_find
+    from fewtune.strategies.finetune.views import load_pictures
+
     strategy = create_strategy("finetune", **config)  # a bad setting is a FewtuneError naming its flag
     assert isinstance(strategy, Finetune)
     dataset = data if isinstance(data, Dataset) else load_dataset(data)

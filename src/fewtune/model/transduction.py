@@ -35,10 +35,10 @@ Caltech-101 5-way 1-shot that collapses to 77% where this ordering gives 99%.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
-from fewtune.geometry import leave_one_out_similarity
+from fewtune.geometry import leave_one_out_similarity, normalize
+from fewtune.numeric import log_softmax
 
 POWER = 0.5  #: exponent of the power transform (PT-MAP's)
 SHARPNESS = 10.0  #: assignment weight ``exp(-SHARPNESS * squared distance)`` (PT-MAP's lambda)
@@ -58,21 +58,21 @@ MIN_CHANGES = 0.05
 
 
 def transform(
-    support: torch.Tensor, known: torch.Tensor, batch: torch.Tensor, balanced: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    support: np.ndarray, known: np.ndarray, batch: np.ndarray, balanced: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Signed square root, unit norm, centred, unit norm again. A balanced batch is centred on the
     mean of everything (PT-MAP); any other on the mean of the support's class means, which a
     lopsided batch cannot drag towards its largest class."""
-    both = torch.cat([support, batch]).float()
-    both = F.normalize(both.sign() * both.abs().pow(POWER), dim=1)
-    centre = both.mean(dim=0) if balanced else _weighted_means(known, both[: len(support)]).mean(dim=0)
-    both = F.normalize(both - centre, dim=1)
+    both = np.concatenate([support, batch]).astype(np.float32)
+    both = normalize(np.sign(both) * np.abs(both) ** POWER)
+    centre = both.mean(axis=0) if balanced else _weighted_means(known, both[: len(support)]).mean(axis=0)
+    both = normalize(both - centre)
     return both[: len(support)], both[len(support) :]
 
 
 def log_probabilities(
-    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool = False
-) -> torch.Tensor:
+    support: np.ndarray, labels: np.ndarray, num_classes: int, batch: np.ndarray, balanced: bool = False
+) -> np.ndarray:
     """(len(batch), num_classes) log-probabilities of each batch input's class, from all of them,
     in the mode given; :func:`decide` lets the batch choose instead.
 
@@ -85,12 +85,12 @@ def log_probabilities(
 
 
 def decide(
-    support: torch.Tensor,
-    labels: torch.Tensor,
+    support: np.ndarray,
+    labels: np.ndarray,
     num_classes: int,
-    batch: torch.Tensor,
-    inductive: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, str] | None:
+    batch: np.ndarray,
+    inductive: np.ndarray | None = None,
+) -> tuple[np.ndarray, str] | None:
     """The batch decides the mode (see the module doc): ``(log-probabilities, mode)``, or None
     when refinement is not supported and the caller should answer inductively.
 
@@ -100,12 +100,12 @@ def decide(
     and refused.
     """
     estimated, weights = _refine(support, labels, num_classes, batch, False)
-    several = int(torch.bincount(labels, minlength=num_classes).min()) >= 2
+    several = int(np.bincount(labels, minlength=num_classes).min()) >= 2
     if looks_balanced(weights, len(batch)):
         balanced = _refine(support, labels, num_classes, batch, True)[0]
         if not several or inductive is None:
             return balanced, "balanced"
-        changed = float((balanced.argmax(1) != inductive).float().mean())
+        changed = float((balanced.argmax(1) != inductive).mean())
         if changed <= max(MIN_CHANGES, leave_one_out_error(support, labels, num_classes)):
             return balanced, "balanced"
         return None
@@ -114,19 +114,19 @@ def decide(
     return estimated, "proportions"
 
 
-def leave_one_out_error(support: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+def leave_one_out_error(support: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     """Share of support examples the nearest prototype built without them gets wrong."""
     similarity = leave_one_out_similarity(support, labels, num_classes)
-    return float((similarity.argmax(1) != labels).float().mean())
+    return float((similarity.argmax(1) != labels).mean())
 
 
-def balance_statistic(weights: torch.Tensor, batch_size: int) -> float:
+def balance_statistic(weights: np.ndarray, batch_size: int) -> float:
     """Pearson's chi-square statistic of the estimated class counts against equal counts."""
     expected = batch_size / len(weights)
     return float(((weights * batch_size - expected) ** 2 / expected).sum())
 
 
-def looks_balanced(weights: torch.Tensor, batch_size: int) -> bool:
+def looks_balanced(weights: np.ndarray, batch_size: int) -> bool:
     """Whether estimated class proportions are consistent with equal class counts."""
     from scipy.stats import chi2
 
@@ -134,43 +134,44 @@ def looks_balanced(weights: torch.Tensor, batch_size: int) -> bool:
 
 
 def _refine(
-    support: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: torch.Tensor, balanced: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
+    support: np.ndarray, labels: np.ndarray, num_classes: int, batch: np.ndarray, balanced: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The refinement rounds; returns the log-probabilities and the estimated class proportions."""
-    known = F.one_hot(labels, num_classes).float()
+    known = np.eye(num_classes, dtype=np.float32)[labels]
     support_x, batch_x = transform(support, known, batch, balanced)
     centres = _weighted_means(known, support_x)
-    weights = torch.full((num_classes,), 1.0 / num_classes)
-    everything = torch.cat([support_x, batch_x])
+    weights = np.full(num_classes, 1.0 / num_classes, dtype=np.float32)
+    everything = np.concatenate([support_x, batch_x])
 
-    def assign(centres: torch.Tensor) -> torch.Tensor:
-        scores = -SHARPNESS * torch.cdist(batch_x, centres).pow(2)
+    def assign(centres: np.ndarray) -> np.ndarray:
+        distances = (batch_x**2).sum(1)[:, None] + (centres**2).sum(1)[None, :] - 2 * batch_x @ centres.T
+        scores = -SHARPNESS * np.maximum(distances, 0)  # squared Euclidean distances
         if balanced:
             return _sinkhorn(scores)
-        return (scores + weights.log()).log_softmax(dim=1)
+        return log_softmax(scores + np.log(weights))
 
     for _ in range(ROUNDS):
-        assigned = assign(centres).exp()
+        assigned = np.exp(assign(centres))
         if not balanced:  # no class may vanish: a floor keeps a class with few inputs alive
-            weights = assigned.mean(dim=0).clamp_min(1e-3)
+            weights = np.maximum(assigned.mean(axis=0), np.float32(1e-3))
             weights = weights / weights.sum()
-        centres = centres + STEP * (_weighted_means(torch.cat([known, assigned]), everything) - centres)
+        centres = centres + STEP * (_weighted_means(np.concatenate([known, assigned]), everything) - centres)
     return assign(centres), weights
 
 
-def _weighted_means(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _weighted_means(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(classes, dim) means of the rows of ``x``, weighted by the (n, classes) ``weights``."""
-    return (weights.T @ x) / weights.sum(dim=0).unsqueeze(1)
+    return (weights.T @ x) / weights.sum(axis=0)[:, None]
 
 
-def _sinkhorn(scores: torch.Tensor) -> torch.Tensor:
+def _sinkhorn(scores: np.ndarray) -> np.ndarray:
     """Log of the transport plan with rows summing to 1 and equal column totals."""
     rows, columns = scores.shape
-    plan = (scores - scores.max()).exp().double()
+    plan = np.exp(scores - scores.max()).astype(np.float64)
     for _ in range(SINKHORN_ITERATIONS):
-        plan = plan * ((rows / columns) / plan.sum(dim=0).clamp_min(1e-300))
-        row_sums = plan.sum(dim=1, keepdim=True)
-        plan = plan / row_sums.clamp_min(1e-300)
-        if float((row_sums - 1).abs().max()) < SINKHORN_TOLERANCE:
+        plan = plan * ((rows / columns) / np.maximum(plan.sum(axis=0), 1e-300))
+        row_sums = plan.sum(axis=1, keepdims=True)
+        plan = plan / np.maximum(row_sums, 1e-300)
+        if float(np.abs(row_sums - 1).max()) < SINKHORN_TOLERANCE:
             break
-    return plan.clamp_min(1e-30).log().float()
+    return np.log(np.maximum(plan, 1e-30)).astype(np.float32)

@@ -32,9 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from fewtune._version import __version__
 from fewtune.errors import FewtuneError
@@ -100,9 +99,7 @@ def _write(classifier: Classifier, config: dict[str, Any], path: Path) -> None:
     os.mkdir(staging, 0o777)  # the umask applies, as to the files below
     try:
         for name, state in tensors.items():
-            save_file(
-                {k: v.contiguous() for k, v in state.items()}, staging / name, metadata={"save_id": save_id}
-            )
+            _save_tensors(state, staging / name, {"save_id": save_id})
             _checkpoint(f"wrote {name}")
         (staging / "config.json").write_text(
             json.dumps({**config, "save_id": save_id}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -216,20 +213,20 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
             f"{path}/support.safetensors: expected the tensors features and labels, got "
             f"{', '.join(support) or 'none'}; train the classifier again"
         )
-    features, labels = support["features"].float(), support["labels"].long()
+    features, labels = support["features"].astype(np.float32), support["labels"].astype(np.int64)
     check_tensors(config, support["features"], support["labels"], state)
     pretrained_support = support.get("pretrained_features")
     if pretrained_support is not None:
         if (
             pretrained is None
             or pretrained_support.shape != support["features"].shape
-            or not bool(torch.isfinite(pretrained_support).all())
+            or not bool(np.isfinite(pretrained_support).all())
         ):
             raise FewtuneError(
                 f"{path}/support.safetensors: pretrained_features {tuple(pretrained_support.shape)} do not "
                 "match the support features; train the classifier again"
             )
-        pretrained_support = pretrained_support.float()
+        pretrained_support = pretrained_support.astype(np.float32)
     else:
         pretrained = None  # saved before novelty moved to pretrained embeddings: measured on the tuned ones
     try:
@@ -281,10 +278,23 @@ def _strategy(path: Path, config: dict[str, Any]) -> Strategy:
         ) from None
 
 
-def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Tensor]:
-    """Every tensor of ``file``; :class:`_Raced` if it belongs to another save than config.json's."""
+def _save_tensors(state: dict[str, Any], file: Path, metadata: dict[str, str]) -> None:
+    """NumPy arrays (a head's, its support) without torch; a tuned body's torch tensors with it."""
+    if all(isinstance(v, np.ndarray) for v in state.values()):
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, file, metadata=metadata)
+    else:
+        from safetensors.torch import save_file as save_torch
+
+        save_torch({k: v.contiguous() for k, v in state.items()}, file, metadata=metadata)
+
+
+def _tensors(path: Path, file: Path, save_id: str | None, framework: str = "np") -> dict[str, Any]:
+    """Every tensor of ``file`` (NumPy arrays, or torch tensors with ``framework="pt"``);
+    :class:`_Raced` if it belongs to another save than config.json's."""
     try:
-        with safe_open(file, "pt") as opened:
+        with safe_open(file, framework) as opened:
             if save_id is not None and (opened.metadata() or {}).get("save_id") != save_id:
                 if _save_id_now(path) != save_id:
                     raise _Raced
@@ -293,7 +303,7 @@ def _tensors(path: Path, file: Path, save_id: str | None) -> dict[str, torch.Ten
                     "train the classifier again"
                 )
             return {key: opened.get_tensor(key) for key in opened.keys()}
-    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+    except (OSError, SafetensorError, ValueError, RuntimeError, TypeError) as exc:  # TypeError: bfloat16
         # raced too when the folder read from was moved away meanwhile: between the two renames
         # of a fallback save, the old save lives on only in the retired copy
         if save_id is not None and (save_id != _save_id_now(path) or save_id != _save_id_in(file.parent)):
@@ -318,7 +328,9 @@ def _load_tuned_body(
     path: Path, folder: Path, save_id: str | None, backbone: Backbone, expected: str
 ) -> Backbone:
     """A copy of ``backbone`` with the fine-tuned parameters of ``body.safetensors``, checked by hash."""
-    state = _tensors(path, folder / "body.safetensors", save_id)
+    import torch
+
+    state = _tensors(path, folder / "body.safetensors", save_id, framework="pt")
     if state_sha256(state) != expected:
         raise FewtuneError(
             f"{path}/body.safetensors: does not match the hash in config.json (damaged or replaced); train "

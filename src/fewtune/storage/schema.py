@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any, TypeGuard
 
-import torch
+import numpy as np
 
 from fewtune.errors import FewtuneError
 
@@ -163,7 +163,7 @@ def _check(config: dict[str, Any]) -> None:
 
 
 def check_tensors(
-    config: dict[str, Any], features: torch.Tensor, labels: torch.Tensor, state: dict[str, torch.Tensor]
+    config: dict[str, Any], features: np.ndarray, labels: np.ndarray, state: dict[str, np.ndarray]
 ) -> None:
     """The tensor files agree with the config: one row of support per label, labels within the
     classes, every class present, every value finite.
@@ -173,7 +173,7 @@ def check_tensors(
     """
     classes, dim = len(config["classes"]), config["backbone"]["embedding_dim"]
     if (
-        features.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+        features.dtype not in (np.float32, np.float16, np.float64)
         or features.ndim != 2
         or features.shape[1] != dim
     ):
@@ -181,7 +181,7 @@ def check_tensors(
             f"support.safetensors: features are {features.dtype} {tuple(features.shape)}, expected (n, "
             f"{dim}) floats; train the classifier again"
         )
-    if labels.dtype not in (torch.int64, torch.int32) or labels.shape != (len(features),):
+    if labels.dtype not in (np.int64, np.int32) or labels.shape != (len(features),):
         raise FewtuneError(
             f"support.safetensors: labels are {labels.dtype} {tuple(labels.shape)}, expected "
             f"({len(features)},) integers; train the classifier again"
@@ -190,7 +190,7 @@ def check_tensors(
         len(labels) == 0
         or int(labels.min()) < 0
         or int(labels.max()) >= classes
-        or len(torch.unique(labels)) != classes
+        or len(np.unique(labels)) != classes
     ):
         raise FewtuneError(
             f"support.safetensors: labels do not match the {classes} classes of config.json (each needs an "
@@ -207,7 +207,7 @@ def check_tensors(
         ("support.safetensors features", features),
         *((f"strategy.safetensors {k}", v) for k, v in state.items()),
     ]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if np.issubdtype(tensor.dtype, np.floating) and not bool(np.isfinite(tensor).all()):
             raise FewtuneError(
                 f"{name}: holds NaN or infinite values; the classifier is damaged, train it again"
             )

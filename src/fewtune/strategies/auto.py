@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from fewtune.strategies.base import Strategy, check_support
 
@@ -69,8 +69,8 @@ class Auto(Strategy):
         self,
         backbone: Backbone,
         paths: list[Path],
-        labels: torch.Tensor,
-        features: torch.Tensor,
+        labels: np.ndarray,
+        features: np.ndarray,
         num_classes: int,
         *,
         progress: bool = False,
@@ -94,7 +94,7 @@ class Auto(Strategy):
         self._tuning = dict(finetune.tuning)
         return tuned
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    def fit(self, features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
         from fewtune.strategies import STRATEGIES
 
         check_support(features, labels, num_classes)
@@ -109,7 +109,7 @@ class Auto(Strategy):
             }
             return
         frozen = [c for c in self.candidates if c != "finetune"] or ["probe"]
-        if int(torch.bincount(labels, minlength=num_classes).min()) < 2:
+        if int(np.bincount(labels, minlength=num_classes).min()) < 2:
             name = "probe" if "probe" in frozen else frozen[0]
             self.chosen = STRATEGIES[name]()
             self.chosen.fit(features, labels, num_classes)
@@ -141,20 +141,20 @@ class Auto(Strategy):
             raise RuntimeError("call fit() first")
         return self.chosen
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: np.ndarray) -> np.ndarray:
         return self._require().logits(features)
 
     def held_out_logits(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> torch.Tensor | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int
+    ) -> np.ndarray | None:
         return self._require().held_out_logits(features, labels, num_classes)
 
     def held_out(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, str] | None:
         return self._require().held_out(features, labels, num_classes)
 
-    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+    def one_shot_temperature(self, features: np.ndarray, labels: np.ndarray) -> float:
         return 1.0 if self.chosen is None else self.chosen.one_shot_temperature(features, labels)
 
     @property
@@ -175,8 +175,8 @@ class Auto(Strategy):
             "chosen_hyperparameters": chosen.hyperparameters() if chosen else None,
         }
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         return self._require().state_dict()
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._require().load_state_dict(state)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from fewtune.geometry import between_class_similarity, normalize
+from fewtune.numeric import Seeded, cross_entropy
 from fewtune.strategies.base import Strategy, check_support, stratified_folds
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -80,18 +79,18 @@ class Probe(Strategy):
             raise ValueError(f"folds must be >= 2, got {folds}")
         self.l2, self.default_l2, self.l2_grid = l2, float(default_l2), [float(x) for x in l2_grid]
         self.folds, self.seed, self.max_iter = int(folds), int(seed), int(max_iter)
-        self.weight: torch.Tensor | None = None  # (num_classes, dim)
-        self.bias: torch.Tensor | None = None  # (num_classes,)
+        self.weight: np.ndarray | None = None  # (num_classes, dim)
+        self.bias: np.ndarray | None = None  # (num_classes,)
         self._report: dict[str, Any] = {}
-        self._held_out: torch.Tensor | None = None  # cross-validated logits of the support set
+        self._held_out: np.ndarray | None = None  # cross-validated logits of the support set
         self._solution: tuple[float, np.ndarray] | None = None  # (l2, raw solution) of the last fit
-        self._folds: dict[int, torch.Tensor] = {}  # held-out logits of each refitted fold (many examples)
+        self._folds: dict[int, np.ndarray] = {}  # held-out logits of each refitted fold (many examples)
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    def fit(self, features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
         check_support(features, labels, num_classes)
-        x = normalize(features).double()
+        x = normalize(features).astype(np.float64)
         self._held_out, self._folds = None, {}
-        per_class = torch.bincount(labels, minlength=num_classes)
+        per_class = np.bincount(labels, minlength=num_classes)
         if self.l2 is not None:
             l2, self._report = self.l2, {"l2": self.l2, "l2_chosen_by": "user"}
         elif int(per_class.min()) >= 3:
@@ -104,26 +103,24 @@ class Probe(Strategy):
             )
         gtol = GTOL if len(labels) <= LARGE_N else LARGE_GTOL
         weight, bias, raw = _solve(x, labels, num_classes, l2, self.max_iter, gtol=gtol)
-        self.weight, self.bias = weight.float(), bias.float()
+        self.weight, self.bias = weight.astype(np.float32), bias.astype(np.float32)
         self._solution = (l2, raw)
 
     def _cross_validate(
-        self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int
+        self, x: np.ndarray, labels: np.ndarray, num_classes: int, k: int
     ) -> tuple[float, dict]:
         full = len(labels) <= LARGE_N
         if not full:  # many examples: 3 folds, on at most CV_CLASSES classes (relabelled 0..m-1)
             k = min(k, 3)
             if num_classes > CV_CLASSES:
-                kept = torch.randperm(num_classes, generator=torch.Generator().manual_seed(self.seed))[
-                    :CV_CLASSES
-                ]
-                relabel = torch.full((num_classes,), -1, dtype=torch.long)
-                relabel[kept.sort().values] = torch.arange(CV_CLASSES)
+                kept = Seeded(self.seed).randperm(num_classes)[:CV_CLASSES]
+                relabel = np.full(num_classes, -1, dtype=np.int64)
+                relabel[np.sort(kept)] = np.arange(CV_CLASSES)
                 rows = relabel[labels] >= 0
                 x, labels, num_classes = x[rows], relabel[labels[rows]], CV_CLASSES
         fold = stratified_folds(labels, num_classes, k, self.seed)
         grid = sorted(self.l2_grid, reverse=True)  # strongest first: each solve warm-starts the next
-        logits = {l2: torch.empty(len(labels), num_classes, dtype=torch.float64) for l2 in grid}
+        logits = {l2: np.empty((len(labels), num_classes)) for l2 in grid}
         gtol = GTOL if full else CV_GTOL
         for f in range(k):
             train, test = fold != f, fold == f
@@ -134,16 +131,16 @@ class Probe(Strategy):
         results, held_out = {}, {}
         for l2 in self.l2_grid:
             correct = float((logits[l2].argmax(1) == labels).sum())
-            results[l2] = (correct / len(labels), -float(F.cross_entropy(logits[l2], labels)))
-            held_out[l2] = logits[l2].float()
+            results[l2] = (correct / len(labels), -cross_entropy(logits[l2], labels))
+            held_out[l2] = logits[l2].astype(np.float32)
         best = max(self.l2_grid, key=lambda l2: results[l2])  # accuracy first, then likelihood
         if full:
             self._held_out = held_out[best]
         return best, {str(l2): round(acc, 4) for l2, (acc, _) in results.items()}
 
     def held_out_logits(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> torch.Tensor | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int
+    ) -> np.ndarray | None:
         """Reuses the cross-validation predictions at the chosen l2 when fit() made them."""
         if self._held_out is not None and len(self._held_out) == len(labels):
             return self._held_out
@@ -151,8 +148,8 @@ class Probe(Strategy):
         return super().held_out_logits(features, labels, num_classes) if refitted is None else refitted[0]
 
     def held_out(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, str] | None:
         """Above ``LARGE_N`` examples, only the folds needed for ``ENOUGH_HELD_OUT`` predictions:
         they fit one number (the temperature) or make one comparison (``auto``'s), and each fold
         costs a solve about the size of the whole fit."""
@@ -165,35 +162,35 @@ class Probe(Strategy):
         return logits, labels[rows], "held-out support predictions"
 
     def _refit_folds(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int, enough: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int, enough: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Many examples: logits of the first 3-fold folds that hold ``enough`` examples, each fold
         solved at the chosen l2 alone, warm-started from the final solution; with the mask of
         their rows. None where fit() did not take the many-examples path."""
-        counts = torch.bincount(labels, minlength=num_classes)
+        counts = np.bincount(labels, minlength=num_classes)
         if self._solution is None or len(labels) <= LARGE_N or int(counts.min()) < 2:
             return None
         l2, solution = self._solution
-        x = normalize(features).double()
+        x = normalize(features).astype(np.float64)
         fold = stratified_folds(labels, num_classes, min(3, int(counts.min())), self.seed)
-        out = torch.empty(len(labels), num_classes)
-        rows = torch.zeros(len(labels), dtype=torch.bool)
+        out = np.empty((len(labels), num_classes), dtype=np.float32)
+        rows = np.zeros(len(labels), dtype=bool)
         for f in range(int(fold.max()) + 1):
             train, test = fold != f, fold == f
             if f not in self._folds:
                 w, b, _ = _solve(x[train], labels[train], num_classes, l2, self.max_iter, solution, FOLD_GTOL)
-                self._folds[f] = (x[test] @ w.T + b).float()
+                self._folds[f] = (x[test] @ w.T + b).astype(np.float32)
             out[test], rows = self._folds[f], rows | test
             if int(rows.sum()) >= enough:
                 break
         return out[rows], rows
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: np.ndarray) -> np.ndarray:
         if self.weight is None or self.bias is None:
             raise RuntimeError("call fit() before logits()")
         return normalize(features) @ self.weight.T + self.bias
 
-    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+    def one_shot_temperature(self, features: np.ndarray, labels: np.ndarray) -> float:
         if self.l2 is not None:  # measured at the default l2 only
             return 1.0
         low, high = self.ONE_SHOT_TEMPERATURE
@@ -208,26 +205,26 @@ class Probe(Strategy):
             "folds": self.folds, "seed": self.seed, "max_iter": self.max_iter,
         }  # fmt: skip
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         if self.weight is None or self.bias is None:
             raise RuntimeError("call fit() before state_dict()")
         return {"weight": self.weight, "bias": self.bias}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if state["weight"].ndim != 2 or state["bias"].shape != state["weight"].shape[:1]:
             raise ValueError("weight must be (classes, dim) and bias (classes,)")
-        self.weight, self.bias = state["weight"].float(), state["bias"].float()
+        self.weight, self.bias = state["weight"].astype(np.float32), state["bias"].astype(np.float32)
 
 
 def _solve(
-    x: torch.Tensor,
-    labels: torch.Tensor,
+    x: np.ndarray,
+    labels: np.ndarray,
     num_classes: int,
     l2: float,
     max_iter: int,
     start: np.ndarray | None = None,
     gtol: float = GTOL,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minimise class-balanced cross-entropy + l2/2 * ||W||^2 (bias unpenalised). x: (n, dim) float64.
 
     With few examples (n < min(dim, DUAL_MAX_N)) the optimum lies in the span of the examples
@@ -245,7 +242,7 @@ def _solve(
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
 
-    features, y = x.numpy(), labels.numpy()
+    features, y = x, labels
     counts = np.bincount(y, minlength=num_classes)
     sample_weight = (len(y) / (num_classes * np.maximum(counts, 1)))[y]
     sample_weight /= sample_weight.sum()
@@ -279,4 +276,4 @@ def _solve(
         result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B", options=options)
     coef, bias = result.x[:size].reshape(num_classes, -1), result.x[size:]
     weight = coef @ centred if dual else coef
-    return torch.from_numpy(weight), torch.from_numpy(bias - weight @ centre), result.x
+    return weight, bias - weight @ centre, result.x

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+import numpy as np
 
 from fewtune.geometry import between_class_similarity, class_sums, leave_one_out_similarity, normalize
 from fewtune.model import transduction
@@ -47,18 +47,18 @@ class Prototype(Strategy):
             )
         self.temperature = float(temperature)
         self.transductive = transductive
-        self.support: torch.Tensor | None = None  # (n, dim), kept for transduction
-        self.support_labels: torch.Tensor | None = None
-        self.prototypes: torch.Tensor | None = None  # (num_classes, dim), unit rows
-        self.sums: torch.Tensor | None = None  # (num_classes, dim): sums of unit support embeddings
+        self.support: np.ndarray | None = None  # (n, dim), kept for transduction
+        self.support_labels: np.ndarray | None = None
+        self.prototypes: np.ndarray | None = None  # (num_classes, dim), unit rows
+        self.sums: np.ndarray | None = None  # (num_classes, dim): sums of unit support embeddings
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    def fit(self, features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
         check_support(features, labels, num_classes)
         self.sums = class_sums(features, labels, num_classes)
         self.prototypes = normalize(self.sums)  # normalising the sum = normalising the mean
-        self.support, self.support_labels = features.float(), labels
+        self.support, self.support_labels = np.asarray(features, dtype=np.float32), labels
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: np.ndarray) -> np.ndarray:
         if self.prototypes is None:
             raise RuntimeError("call fit() before logits()")
         if not self.transductive or len(features) < 2 or self.support is None or self.support_labels is None:
@@ -74,17 +74,17 @@ class Prototype(Strategy):
         )
 
     def held_out_logits(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> torch.Tensor | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int
+    ) -> np.ndarray | None:
         """Exact leave-one-out: each example against its own prototype rebuilt without it."""
-        counts = torch.bincount(labels, minlength=num_classes)
+        counts = np.bincount(labels, minlength=num_classes)
         if int(counts.min()) < 2:
             return None
         return leave_one_out_similarity(features, labels, num_classes) / self.temperature
 
     def held_out(
-        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
-    ) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+        self, features: np.ndarray, labels: np.ndarray, num_classes: int
+    ) -> tuple[np.ndarray, np.ndarray, str] | None:
         """For calibration, leave-one-out with the own class's score as a new example would get it:
         its dot product with the other k - 1 examples, scaled to k (an unbiased estimate of its
         dot product with the k-example sum), over the norm of the full k-example sum, which is what
@@ -94,33 +94,33 @@ class Prototype(Strategy):
         Development episodes (seed 0), pooled ECE of the fitted temperature, plain -> this:
         Omniglot 5w5s 5.1 -> 4.1, 20w5s 6.4 -> 3.7, 32-px Caltech 5w5s 3.7 -> 3.0, Caltech 20w5s
         1.8 -> 1.5, Caltech 5w5s 4.0 -> 4.3."""
-        counts = torch.bincount(labels, minlength=num_classes)
+        counts = np.bincount(labels, minlength=num_classes)
         if int(counts.min()) < 2:
             return None
         unit = normalize(features)
         sums = class_sums(features, labels, num_classes)
         similarity = unit @ normalize(sums).T
-        own, k = torch.arange(len(labels)), counts[labels].float()
-        rest = (unit * (sums[labels] - unit)).sum(dim=1)
-        similarity[own, labels] = rest * k / (k - 1) / sums[labels].norm(dim=1)
+        own, k = np.arange(len(labels)), counts[labels].astype(np.float32)
+        rest = (unit * (sums[labels] - unit)).sum(axis=1)
+        similarity[own, labels] = rest * k / (k - 1) / np.linalg.norm(sums[labels], axis=1)
         return similarity / self.temperature, labels, "held-out support predictions (leave-one-out)"
 
-    def held_out_accuracy(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    def held_out_accuracy(self, features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
         """Plain leave-one-out accuracy: as pessimistic as ``probe``'s folds, so that ``auto``
         compares like with like."""
         logits = self.held_out_logits(features, labels, num_classes)
         if logits is None:
             raise ValueError("held-out accuracy needs 2+ examples in every class")
-        return float((logits.argmax(1) == labels).float().mean())
+        return float((logits.argmax(1) == labels).mean())
 
-    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+    def one_shot_temperature(self, features: np.ndarray, labels: np.ndarray) -> float:
         base, slope = self.ONE_SHOT_TEMPERATURE
         return min(base + slope * between_class_similarity(features, labels), 0.5)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "transductive": self.transductive}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         if self.prototypes is None or self.sums is None:
             raise RuntimeError("call fit() before state_dict()")
         state = {"prototypes": self.prototypes, "sums": self.sums}
@@ -128,10 +128,11 @@ class Prototype(Strategy):
             state.update(support=self.support, support_labels=self.support_labels)
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if state["prototypes"].ndim != 2 or state["sums"].shape != state["prototypes"].shape:
             raise ValueError("prototypes and sums must be (classes, dim) matrices")
-        self.prototypes = state["prototypes"].float()
-        self.sums = state["sums"].float()
+        self.prototypes = state["prototypes"].astype(np.float32)
+        self.sums = state["sums"].astype(np.float32)
         if "support" in state:
-            self.support, self.support_labels = state["support"].float(), state["support_labels"].long()
+            self.support = state["support"].astype(np.float32)
+            self.support_labels = state["support_labels"].astype(np.int64)

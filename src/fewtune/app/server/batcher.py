@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-import torch
+import numpy as np
 from PIL import Image
 
 from fewtune.features.backbones import Backbone
@@ -22,7 +22,7 @@ class Batcher:
         self._cv = threading.Condition()
         threading.Thread(target=self._run, daemon=True, name="fewtune-batcher").start()
 
-    def embed(self, pictures: list[Image.Image]) -> torch.Tensor:
+    def embed(self, pictures: list[Image.Image]) -> np.ndarray:
         future: Future = Future()
         with self._cv:
             self._pending.append((pictures, future))

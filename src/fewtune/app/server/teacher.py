@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-import torch
+import numpy as np
 
 from fewtune.app.server.config import ServerConfig
 from fewtune.features.backbones import Backbone
@@ -22,10 +22,10 @@ class Teacher:
     def __init__(self, backbone: Backbone, config: ServerConfig, classifier: Classifier | None = None):
         self.backbone, self.config = backbone, config
         self._lock = threading.Lock()
-        self.examples: dict[str, torch.Tensor] = {}
+        self.examples: dict[str, np.ndarray] = {}
         #: a fine-tuned classifier measures novelty on pretrained embeddings: kept beside the tuned ones
         self.pretrained = classifier.pretrained if classifier is not None else None
-        self.pretrained_examples: dict[str, torch.Tensor] = {}
+        self.pretrained_examples: dict[str, np.ndarray] = {}
         self.classifier = classifier
         if classifier is not None:
             config.strategy = classifier.strategy.name
@@ -39,16 +39,16 @@ class Teacher:
     def counts(self) -> dict[str, int]:
         return {label: len(features) for label, features in self.examples.items()}
 
-    def add(
-        self, label: str, features: torch.Tensor, pretrained_features: torch.Tensor | None = None
-    ) -> None:
+    def add(self, label: str, features: np.ndarray, pretrained_features: np.ndarray | None = None) -> None:
         with self._lock:
             previous = self.examples.get(label)
-            self.examples[label] = features if previous is None else torch.cat([previous, features])
+            self.examples[label] = features if previous is None else np.concatenate([previous, features])
             if self.pretrained is not None and pretrained_features is not None:
                 previous = self.pretrained_examples.get(label)
                 self.pretrained_examples[label] = (
-                    pretrained_features if previous is None else torch.cat([previous, pretrained_features])
+                    pretrained_features
+                    if previous is None
+                    else np.concatenate([previous, pretrained_features])
                 )
             self._rebuild()
 
@@ -73,10 +73,14 @@ class Teacher:
             self.classifier = None
             return
         classes = list(self.examples)
-        labels = torch.cat([torch.full((len(f),), i) for i, f in enumerate(self.examples.values())])
-        features = torch.cat(list(self.examples.values()))
+        labels = np.concatenate(
+            [np.full(len(f), i, dtype=np.int64) for i, f in enumerate(self.examples.values())]
+        )
+        features = np.concatenate(list(self.examples.values()))
         novelty = (
-            torch.cat(list(self.pretrained_examples.values())) if self.pretrained is not None else features
+            np.concatenate(list(self.pretrained_examples.values()))
+            if self.pretrained is not None
+            else features
         )
         head = Head(
             strategy=create_strategy(self.config.strategy),

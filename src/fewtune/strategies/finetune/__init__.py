@@ -15,23 +15,15 @@ One concept a module, in the order the strategy uses them:
 - :mod:`.lr_finder`: the learning-rate range test (``train --lr-find``).
 - :mod:`.checkpoints`: a checkpoint after every epoch, and ``--resume`` from it.
 
-The names below are the ones used outside the package; the rest is imported from its module.
-The thresholds of :mod:`.decision` are not re-exported: they are read there when a decision is
-made, so that is where to change them.
+The package itself imports no torch: ``auto`` reaches :class:`Finetune` on every ``train`` and
+usually decides from cached embeddings that the body stays frozen. The training modules, which
+do import torch, are imported from their own module where they are used. The thresholds of
+:mod:`.decision` are not re-exported: they are read there when a decision is made, so that is
+where to change them.
 """
 
 from __future__ import annotations
 
 from fewtune.strategies.finetune.config import FinetuneConfig as FinetuneConfig
 from fewtune.strategies.finetune.config import parse_unfreeze as parse_unfreeze
-from fewtune.strategies.finetune.head import CosineHead as CosineHead
-from fewtune.strategies.finetune.loop import TuneResult as TuneResult
-from fewtune.strategies.finetune.loop import tune_body as tune_body
-from fewtune.strategies.finetune.lr_finder import LrFind as LrFind
-from fewtune.strategies.finetune.lr_finder import lr_find as lr_find
-from fewtune.strategies.finetune.stages import freeze as freeze
-from fewtune.strategies.finetune.stages import layer_groups as layer_groups
-from fewtune.strategies.finetune.stages import param_groups as param_groups
-from fewtune.strategies.finetune.stages import unfreeze as unfreeze
 from fewtune.strategies.finetune.strategy import Finetune as Finetune
-from fewtune.strategies.finetune.views import load_pictures as load_pictures

@@ -14,13 +14,16 @@ experiment can change them here.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from fewtune.features.backbones import Backbone
 from fewtune.geometry import between_class_similarity, leave_one_out_similarity
+from fewtune.numeric import softmax
 from fewtune.strategies.finetune.config import TARGET_STEPS, FinetuneConfig, parse_unfreeze
-from fewtune.strategies.finetune.views import views_per_image
+
+if TYPE_CHECKING:
+    from fewtune.features.backbones import Backbone
 
 #: with 2+ examples per class, the body is tuned when leave-one-out nearest-prototype accuracy on
 #: frozen features is below this: above it, on ImageNet-like photos, there is little to gain and
@@ -64,8 +67,8 @@ ALIKE = 0.5
 def choose_body(
     config: FinetuneConfig,
     backbone: Backbone,
-    features: torch.Tensor,
-    labels: torch.Tensor,
+    features: np.ndarray,
+    labels: np.ndarray,
     num_classes: int,
     require_gain: bool = False,
 ) -> tuple[int | None, str]:
@@ -77,7 +80,7 @@ def choose_body(
     if setting != "auto":
         return (0 if setting == "none" else None), "set by --unfreeze"
     familiarity = imagenet_familiarity(backbone, features)
-    if require_gain and int(torch.bincount(labels, minlength=num_classes).min()) < 2:
+    if require_gain and int(np.bincount(labels, minlength=num_classes).min()) < 2:
         if familiarity is not None and familiarity < FAR_FROM_IMAGENET:
             return AUTO_TOP, (
                 f"one example per class of images far from ImageNet (top-1 probability {familiarity:.2f} < "
@@ -90,7 +93,7 @@ def choose_body(
                 f"{FAR_FROM_IMAGENET})"
             )
         return 0, why
-    if int(torch.bincount(labels, minlength=num_classes).min()) >= 2:
+    if int(np.bincount(labels, minlength=num_classes).min()) >= 2:
         accuracy = leave_one_out_accuracy(features, labels, num_classes)
         if require_gain and familiarity is not None and familiarity >= FAMILIARITY:
             # ImageNet-like photos: on Caltech-101 5-way 5-shot tasks the cross-fitted tune that a
@@ -129,7 +132,7 @@ def choose_body(
     )
 
 
-def tune_without_check(backbone: Backbone, features: torch.Tensor, labels: torch.Tensor) -> str | None:
+def tune_without_check(backbone: Backbone, features: np.ndarray, labels: np.ndarray) -> str | None:
     """Why ``auto`` may tune these images without a cross-fitted check (it would only veto tunes
     that pay: see :data:`FAR_FROM_IMAGENET` and :data:`ALIKE`), or None when the check decides."""
     familiarity = imagenet_familiarity(backbone, features)
@@ -150,12 +153,12 @@ def tune_without_check(backbone: Backbone, features: torch.Tensor, labels: torch
     return None
 
 
-def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+def leave_one_out_accuracy(features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     """Nearest-prototype accuracy of each support example against prototypes built without it."""
-    return float((leave_one_out_similarity(features, labels, num_classes).argmax(1) == labels).float().mean())
+    return float((leave_one_out_similarity(features, labels, num_classes).argmax(1) == labels).mean())
 
 
-def imagenet_familiarity(backbone: Backbone, features: torch.Tensor) -> float | None:
+def imagenet_familiarity(backbone: Backbone, features: np.ndarray) -> float | None:
     """Mean top-1 probability the backbone's ImageNet classifier gives the images (from their
     pooled features), or None when the network has no classifier. Needs no network build when
     the classifier is remembered (see :meth:`Backbone.imagenet_classifier`)."""
@@ -163,7 +166,7 @@ def imagenet_familiarity(backbone: Backbone, features: torch.Tensor) -> float | 
     if classifier is None or classifier[0].shape[1] != features.shape[1]:
         return None
     weight, bias = classifier
-    return float((features.float() @ weight.T + bias).softmax(1).max(1).values.mean())
+    return float(softmax(np.asarray(features, dtype=np.float32) @ weight.T + bias).max(1).mean())
 
 
 def estimate_tune_seconds(backbone: Backbone, config: FinetuneConfig, images: int) -> float:
@@ -171,6 +174,10 @@ def estimate_tune_seconds(backbone: Backbone, config: FinetuneConfig, images: in
     timed forward of a small batch, scaled by the views and steps the config implies (each step's
     forward and backward through the open stages counted as two full forwards: on a Caltech and
     an Omniglot task this came within 1.5x of the time taken)."""
+    import torch
+
+    from fewtune.strategies.finetune.views import views_per_image
+
     size = backbone.preprocessing.get("input_size", (3, 224, 224))
     batch = torch.zeros(4, *size).contiguous(memory_format=torch.channels_last)
     started = time.perf_counter()

@@ -31,7 +31,7 @@ class CosineHead(nn.Module):
 
 def imprint(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Unit class means of unit features: the head's starting weights."""
-    return class_means(features, labels, num_classes)
+    return torch.from_numpy(class_means(features.detach().numpy(), labels.numpy(), num_classes))
 
 
 def train_head(
@@ -95,7 +95,7 @@ def choose_head(
     if int(counts.min()) < 2:
         return False, "one example per class: the imprinted prototypes are kept"
     k = min(5, int(counts.min()))
-    fold = stratified_folds(labels, num_classes, k, seed=config.seed)
+    fold = torch.from_numpy(stratified_folds(labels.numpy(), num_classes, k, seed=config.seed))
     scores = {}
     for train in (False, True):
         correct = 0

@@ -24,19 +24,21 @@ import copy
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from fewtune.features.backbones import Backbone
-from fewtune.features.embedding import embed_images
 from fewtune.strategies.base import Strategy, check_support, stratified_folds
 from fewtune.strategies.finetune import decision
 from fewtune.strategies.finetune.config import FinetuneConfig
 from fewtune.strategies.finetune.decision import estimate_tune_seconds
-from fewtune.strategies.finetune.head import CosineHead, choose_head, fit_head
-from fewtune.strategies.finetune.loop import tune_body
-from fewtune.strategies.finetune.views import load_pictures, validation_split
+
+if TYPE_CHECKING:
+    from fewtune.features.backbones import Backbone
+    from fewtune.strategies.finetune.head import CosineHead
+
+# torch and the training modules are imported where they are used: ``auto`` reaches this class
+# on every ``train``, and on most data decides from cached embeddings alone not to tune.
 
 #: The temperature of a body tuned with one example in a class (nothing of the task is held out to
 #: fit one): its cosine head learnt from augmented views of a single picture and is over-confident
@@ -75,8 +77,8 @@ class Finetune(Strategy):
         self,
         backbone: Backbone,
         paths: list[Path],
-        labels: torch.Tensor,
-        features: torch.Tensor,
+        labels: np.ndarray,
+        features: np.ndarray,
         num_classes: int,
         *,
         progress: bool = False,
@@ -95,8 +97,8 @@ class Finetune(Strategy):
         self,
         backbone: Backbone,
         paths: list[Path],
-        labels: torch.Tensor,
-        features: torch.Tensor,
+        labels: np.ndarray,
+        features: np.ndarray,
         num_classes: int,
         *,
         progress: bool = False,
@@ -130,7 +132,7 @@ class Finetune(Strategy):
         }
         if top == 0:
             return backbone
-        fewest = int(torch.bincount(labels, minlength=num_classes).min())
+        fewest = int(np.bincount(labels, minlength=num_classes).min())
         cross_fit = require_gain and fewest >= 2
         unchecked = decision.tune_without_check(backbone, features, labels) if cross_fit else None
         if unchecked is not None:  # the check would only veto tunes that pay
@@ -140,6 +142,11 @@ class Finetune(Strategy):
             runs = 2 if cross_fit else 1
             seconds = runs * estimate_tune_seconds(backbone, self.config, len(paths))
             notify(f"fine-tuning: {why}; about {seconds:.0f} s")
+        import torch
+
+        from fewtune.strategies.finetune.loop import tune_body
+        from fewtune.strategies.finetune.views import load_pictures, validation_split
+
         pictures = load_pictures(paths)
         if cross_fit:
             evidence = self._cross_fitted_tune(
@@ -155,12 +162,13 @@ class Finetune(Strategy):
                 self.tuning.update(unfreeze="none", why=f"{why}; but {compared}: kept frozen")
                 return backbone
             self.tuning["why"] += f"; {compared}"
-        train, validation = validation_split(labels, num_classes, self.config.val_split, self.config.seed)
+        targets = torch.from_numpy(labels)
+        train, validation = validation_split(targets, num_classes, self.config.val_split, self.config.seed)
         tuned = copy.deepcopy(backbone)
         result = tune_body(
-            tuned, [pictures[i] for i in train], labels[train], num_classes, self.config, top,
+            tuned, [pictures[i] for i in train], targets[train], num_classes, self.config, top,
             checkpoint=checkpoint, resume=resume, progress=progress,
-            validation=([pictures[i] for i in validation], labels[validation]) if len(validation) else None,
+            validation=([pictures[i] for i in validation], targets[validation]) if len(validation) else None,
         )  # fmt: skip
         self.tuning["result"] = result.to_dict()
         self.tuning["fewest_examples"] = fewest
@@ -175,25 +183,33 @@ class Finetune(Strategy):
         self,
         backbone: Backbone,
         pictures: list,
-        labels: torch.Tensor,
-        features: torch.Tensor,
+        labels: np.ndarray,
+        features: np.ndarray,
         num_classes: int,
         top: int | None,
         progress: bool,
     ) -> dict[str, Any]:
         """Tune a copy on one half of each class, classify the other half with it and with frozen
         features."""
+        import torch
+
+        from fewtune.features.embedding import embed_images
+        from fewtune.strategies.finetune.head import choose_head, fit_head
+        from fewtune.strategies.finetune.loop import tune_body
         from fewtune.strategies.probe import Probe
         from fewtune.strategies.prototype import Prototype
 
         fold = stratified_folds(labels, num_classes, 2, seed=self.config.seed)
-        train, held = (fold == 0).nonzero().flatten(), (fold == 1).nonzero().flatten()
+        train, held = np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)
+        targets = torch.from_numpy(labels[train])
         copy_, train_pictures = copy.deepcopy(backbone), [pictures[i] for i in train]
-        tune_body(copy_, train_pictures, labels[train], num_classes, self.config, top, progress=progress)
-        tuned_train = embed_images(copy_, train_pictures)
-        tuned_held = embed_images(copy_, [pictures[i] for i in held])
-        trained, _ = choose_head(tuned_train, labels[train], num_classes, self.config)
-        logits = fit_head(tuned_train, labels[train], num_classes, trained, self.config)(tuned_held).detach()
+        tune_body(copy_, train_pictures, targets, num_classes, self.config, top, progress=progress)
+        tuned_train = torch.from_numpy(embed_images(copy_, train_pictures))
+        tuned_held = torch.from_numpy(embed_images(copy_, [pictures[i] for i in held]))
+        trained, _ = choose_head(tuned_train, targets, num_classes, self.config)
+        logits = (
+            fit_head(tuned_train, targets, num_classes, trained, self.config)(tuned_held).detach().numpy()
+        )
         frozen = {}
         for candidate in (Probe(), Prototype()):
             candidate.fit(features[train], labels[train], num_classes)
@@ -207,13 +223,18 @@ class Finetune(Strategy):
 
     # --- embeddings: the head ------------------------------------------------------------------
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+    def fit(self, features: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+        import torch
+
+        from fewtune.strategies.finetune.head import choose_head, fit_head
+
         check_support(features, labels, num_classes)
+        x, y = torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(labels)
         train = self.head_trained
         why = "as saved"
         if train is None:
-            train, why = choose_head(features, labels, num_classes, self.config)
-        self.head = fit_head(features, labels, num_classes, train, self.config)
+            train, why = choose_head(x, y, num_classes, self.config)
+        self.head = fit_head(x, y, num_classes, train, self.config)
         self.head_trained = train
         self.tuning = self.tuning or {
             "unfreeze": "none",
@@ -221,10 +242,13 @@ class Finetune(Strategy):
         }
         self._report = {"body": self.tuning, "head": {"trained": train, "why": why}}
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        import torch
+
         if self.head is None:
             raise RuntimeError("call fit() first")
-        return self.head(features.float())
+        with torch.no_grad():
+            return self.head(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
 
     @property
     def body_tuned(self) -> bool:
@@ -235,7 +259,7 @@ class Finetune(Strategy):
         augmented views of a single picture and is over-confident at its own scale."""
         return TUNED_ONE_SHOT_TEMPERATURE if self.tuning.get("fewest_examples", 2) < 2 else 1.0
 
-    def one_shot_temperature(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+    def one_shot_temperature(self, features: np.ndarray, labels: np.ndarray) -> float:
         """With the pretrained body and the imprinted head (what one example a class gets), the
         logits are ``prototype``'s (scale 10 = 1 / its 0.1), and so is the temperature; else 1."""
         from fewtune.strategies.prototype import Prototype
@@ -255,11 +279,19 @@ class Finetune(Strategy):
             tuning["result"] = {k: v for k, v in tuning["result"].items() if k != "history"}
         return {**asdict(self.config), "head_trained": self.head_trained, "tuning": tuning}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         if self.head is None:
             raise RuntimeError("call fit() first")
-        return {"weight": self.head.weight.detach(), "scale": self.head.scale.detach().reshape(1)}
+        return {
+            "weight": self.head.weight.detach().numpy().copy(),
+            "scale": self.head.scale.detach().reshape(1).numpy().copy(),
+        }
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.head = CosineHead(state["weight"], float(state["scale"][0])).requires_grad_(False)
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        import torch
+
+        from fewtune.strategies.finetune.head import CosineHead
+
+        weight = torch.from_numpy(np.asarray(state["weight"], dtype=np.float32))
+        self.head = CosineHead(weight, float(state["scale"][0])).requires_grad_(False)
         self._report = {"body": self.tuning, "head": {"trained": self.head_trained, "why": "as saved"}}
