@@ -47,7 +47,7 @@ class Embeddings:
     Attributes:
         features: (n, dim) by the classifier's backbone: what the strategy scores.
         novelty: (n, dim) the same inputs by the *pretrained* backbone: what "none of these" is
-            measured on (see :mod:`fewtune.model.openset`). The same tensor unless the body was
+            measured on (see :mod:`fewtune.model.openset`). The same array unless the body was
             fine-tuned, whose embeddings of its own training images sit too tight to judge by.
     """
 
@@ -56,7 +56,7 @@ class Embeddings:
 
     @classmethod
     def frozen(cls, features: np.ndarray) -> Embeddings:
-        """Embeddings by a pretrained backbone: one tensor serves both purposes."""
+        """Embeddings by a pretrained backbone: one array serves both purposes."""
         return cls(features, features)
 
     def __len__(self) -> int:
@@ -183,7 +183,7 @@ class Head:
         top_indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         top_scores = np.take_along_axis(probabilities, top_indices, axis=1).tolist()
         top_indices = top_indices.tolist()
-        # plain floats once: indexing tensors element by element was most of the head's time
+        # plain floats once: indexing arrays element by element was most of the head's time
         rows, novelties, doubts = probabilities.tolist(), scores_novelty.tolist(), doubt.tolist()
         results = []
         for row, name in enumerate(names):

@@ -23,7 +23,7 @@ class Strategy(abc.ABC):
     """Base of all strategies (after easyfsl's ``FewShotClassifier``, as a real ABC).
 
     Subclasses set ``name``, take their hyperparameters as keyword arguments, and implement
-    :meth:`fit`, :meth:`logits` and the tensor state used to save and load them. A strategy that
+    :meth:`fit`, :meth:`logits` and the array state used to save and load them. A strategy that
     also learns from the images themselves (``finetune``) overrides :meth:`adapt` and
     :attr:`learns_from_images`. Embeddings are NumPy arrays: features (n, dim) float32, labels
     (n,) int64; strategies on frozen embeddings never import torch.
@@ -82,7 +82,7 @@ class Strategy(abc.ABC):
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Learned tensors, saved as safetensors."""
+        """Learned arrays, saved as safetensors."""
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
