@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
 DIM = 1280
 
@@ -40,18 +40,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic(classes: int, shots: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    centres = torch.rand(classes, DIM, generator=generator).pow(3)
-    labels = torch.arange(classes).repeat_interleave(shots)
-    return centres[labels] + 1.5 * torch.rand(len(labels), DIM, generator=generator).pow(3), labels
+def synthetic(classes: int, shots: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    words = np.random.RandomState(seed)
+    centres = cubed(uniform(words, classes, DIM))
+    labels = np.repeat(np.arange(classes), shots)
+    return centres[labels] + 1.5 * cubed(uniform(words, len(labels), DIM)), labels
+
+
+def uniform(words: np.random.RandomState, *shape: int) -> np.ndarray:
+    """float32 in [0, 1): draw for draw what ``torch.rand`` gave from the same seed (the Mersenne
+    Twister seeded alike, as in ``fewtune.numeric.Seeded``; torch keeps each word's low 24 bits),
+    so the synthetic rows are the ones measured when this ran on torch."""
+    return (words.randint(0, 2**32, size=shape, dtype=np.uint32) & 0xFFFFFF).astype(np.float32) * 2.0**-24
+
+
+def cubed(x: np.ndarray) -> np.ndarray:
+    return x * x * x  # torch's pow(3): np.power(x, 3) can round the last bit differently
 
 
 def real(
-    features: torch.Tensor, all_labels: torch.Tensor, classes: int, shots: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [(all_labels == c).nonzero().flatten()[:shots] for c in range(classes)]
-    return features[torch.cat(rows)], torch.arange(classes).repeat_interleave(shots)
+    features: np.ndarray, all_labels: np.ndarray, classes: int, shots: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = [np.flatnonzero(all_labels == c)[:shots] for c in range(classes)]
+    return features[np.concatenate(rows)], np.repeat(np.arange(classes), shots)
 
 
 def peak_rss_reset() -> int:
@@ -67,7 +78,7 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(name: str, features: torch.Tensor, labels: torch.Tensor, classes: int) -> dict:
+def measure(name: str, features: np.ndarray, labels: np.ndarray, classes: int) -> dict:
     from fewtune.strategies import create_strategy
 
     strategy = create_strategy(name)
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         embedded = embed_files(fewtune.create_backbone(), dataset.paths, cache=True)
         if embedded.computed:
             print(f"note: {embedded.computed} Omniglot embeddings were not cached and had to be computed")
-        omniglot = (embedded.features, torch.tensor(dataset.labels)[embedded.kept], len(dataset.classes))
+        omniglot = (embedded.features, np.array(dataset.labels)[embedded.kept], len(dataset.classes))
     rows = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for classes in [int(c) for c in args.classes.split(",")]:

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import fewtune
 from fewtune.data.dataset import Dataset
@@ -73,7 +72,7 @@ def familiarity_band(
         known = [i for i in episode.support if dataset.labels[i] in episode.classes[:5]]
         familiarity = imagenet_familiarity(backbone, features[known])
         if familiarity is not None and low <= familiarity < high:
-            labels = torch.tensor([episode.classes.index(dataset.labels[i]) for i in known])
+            labels = np.array([episode.classes.index(dataset.labels[i]) for i in known])
             band.append((n, episode, familiarity, between_class_similarity(features[known], labels)))
     return dataset, backbone, band
 
@@ -99,12 +98,13 @@ def run_episode(
     answers = np.array([names[:way].index(p.label) if not p.is_unknown else -1 for p in predictions])
     nearest = np.array([names[:way].index(p.nearest) for p in predictions])
     novelty = np.array([p.novelty for p in predictions])
-    probabilities = torch.tensor([list(p.probabilities.values()) for p in predictions])[
-        torch.from_numpy(is_known)
+    # float32, the precision the head computed them in
+    probabilities = np.array([list(p.probabilities.values()) for p in predictions], dtype=np.float32)[
+        is_known
     ]
     batch, _ = classifier.embed([q for q, k in zip(queries, is_known) if k])
     raw = classifier.head.probabilities(batch.features, temperature=1.0)
-    known_truth = torch.from_numpy(truth[is_known])
+    known_truth = truth[is_known]
     row = {
         "closed_acc": float((nearest[is_known] == truth[is_known]).mean()),
         "open_acc": float((answers[is_known] == truth[is_known]).mean()),
@@ -160,9 +160,9 @@ def main() -> None:
             row[key], row[key + "_ci95"] = round(mean, 2), round(ci, 2)
         for key in sorted({k for r in results for k in r} - set(METRICS)):
             row[key] = round(100 * float(np.mean([r.get(key, 0.0) for r in results])), 1)
-        truth = torch.cat([t for _, _, t in pooled])
+        truth = np.concatenate([t for _, _, t in pooled])
         for key, column in (("pooled_ece_t1", 0), ("pooled_ece", 1)):
-            probabilities = torch.cat([p[column] for p in pooled])
+            probabilities = np.concatenate([p[column] for p in pooled])
             row[key] = round(100 * expected_calibration_error(probabilities, truth), 2)
         row["wall_seconds"] = round(time.perf_counter() - started, 1)
         rows = [

@@ -67,11 +67,12 @@ def measure(args: argparse.Namespace) -> dict:
     paths, labels, way = task(args)
     backbone = fewtune.create_backbone()
     config = FinetuneConfig()
-    features = embed_files(backbone, paths).features  # warm the cache (and the code paths) outside the timing
+    # warm the cache (and the code paths) outside the timing; the head trains on torch tensors
+    features = torch.from_numpy(embed_files(backbone, paths).features)
     started = time.perf_counter()
     extra: dict = {}
     if args.variant == "head_cached":
-        features = embed_files(backbone, paths).features
+        features = torch.from_numpy(embed_files(backbone, paths).features)
         train_head(CosineHead(imprint(features, labels, way)), features, labels, config)
     elif args.variant == "head_backbone":  # preprocessed tensors in memory: the cheapest uncached version
         transform = build_transform(backbone.preprocessing)

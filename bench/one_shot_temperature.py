@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
+import numpy as np
 
 import fewtune
 from fewtune.evaluate.episodes import sample_episodes
 from fewtune.features.embedding import embed_files
 from fewtune.geometry import between_class_similarity
 from fewtune.model.calibration import expected_calibration_error
+from fewtune.numeric import softmax
 from fewtune.strategies import create_strategy
 
 NAMES = ("probe", "prototype")
@@ -34,16 +35,16 @@ def tasks(data: list[Path], ways: list[int], episodes: int) -> list[dict]:
         dataset = fewtune.load_dataset(folder)
         embedded = embed_files(backbone, dataset.paths, cache=True)
         assert len(embedded.kept) == len(dataset.paths), "every image must embed"
-        features, labels = embedded.features, torch.tensor(dataset.labels)
+        features, labels = embedded.features, np.array(dataset.labels)
         for way in ways:
             for episode in sample_episodes(dataset.labels, way, 1, 10, episodes, 0):
-                support, query = torch.tensor(episode.support), torch.tensor(episode.query)
-                y = torch.tensor([episode.classes.index(int(labels[i])) for i in support])
+                support, query = np.array(episode.support), np.array(episode.query)
+                y = np.array([episode.classes.index(int(labels[i])) for i in support])
                 task = {
                     "data": folder.name,
                     "way": way,
                     "s": between_class_similarity(features[support], y),
-                    "truth": torch.tensor([episode.classes.index(int(labels[i])) for i in query]),
+                    "truth": np.array([episode.classes.index(int(labels[i])) for i in query]),
                 }
                 for name in NAMES:
                     strategy = create_strategy(name)
@@ -55,8 +56,8 @@ def tasks(data: list[Path], ways: list[int], episodes: int) -> list[dict]:
 
 
 def pooled_ece(group: list[dict], name: str, temperature) -> float:
-    probabilities = torch.cat([(t[name] / temperature(t)).softmax(1) for t in group])
-    return 100 * expected_calibration_error(probabilities, torch.cat([t["truth"] for t in group]))
+    probabilities = np.concatenate([softmax(t[name] / temperature(t)) for t in group])
+    return 100 * expected_calibration_error(probabilities, np.concatenate([t["truth"] for t in group]))
 
 
 def main() -> None:
@@ -66,8 +67,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200)
     args = parser.parse_args()
     found = tasks(args.data, [int(w) for w in args.ways.split(",")], args.episodes)
-    similarity = torch.tensor([t["s"] for t in found])
-    edges = [-1.0, *torch.quantile(similarity, torch.tensor([0.2, 0.4, 0.6, 0.8])).tolist(), 2.0]
+    # float32, as before: an edge that falls on a task's own similarity bins it as it did
+    similarity = np.array([t["s"] for t in found], dtype=np.float32)
+    edges = [-1.0, *np.quantile(similarity, [0.2, 0.4, 0.6, 0.8]).tolist(), 2.0]
     print("similarity quintile edges:", ", ".join(f"{e:.3f}" for e in edges[1:-1]))
     for name in NAMES:
         print(

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import fewtune
 from fewtune.evaluate.episodes import mean_ci95, sample_episodes
 from fewtune.features.embedding import embed_files
 from fewtune.model.calibration import expected_calibration_error
 from fewtune.model.head import Embeddings, Head
+from fewtune.numeric import softmax
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -44,20 +44,20 @@ def run_episode(backbone, features, labels, episode, known: int, strategy: str) 
         strategy=fewtune.create_strategy(strategy),
         classes=[str(c) for c in episode.classes[:known]],
         support=Embeddings.frozen(features[support]),
-        labels=torch.tensor([query_local[labels[i]] for i in support]),
+        labels=np.array([query_local[labels[i]] for i in support]),
     )
     clf.fit()
     q_local = np.array([query_local[labels[i]] for i in episode.query])
     is_known = q_local < known
     q = features[episode.query]
-    novelty = clf.novelty(q).numpy()
+    novelty = clf.novelty(q)
     probabilities = clf.probabilities(q)
-    raw = clf.strategy.logits(q).softmax(1)
-    predicted = probabilities.argmax(1).numpy()
+    raw = softmax(clf.strategy.logits(q))
+    predicted = probabilities.argmax(1)
     correct = is_known & (predicted == q_local)
     oracle = np.quantile(novelty[~is_known], 0.05)  # rejects 95% of unknowns
     threshold = clf.open_set.threshold
-    known_labels = torch.from_numpy(q_local[is_known])
+    known_labels = q_local[is_known]
     return {
         "auroc": auroc(novelty[is_known], novelty[~is_known]),
         "known_acc_at_95_unknown_recall": float((correct & (novelty <= oracle)).sum() / is_known.sum()),
@@ -67,8 +67,8 @@ def run_episode(backbone, features, labels, episode, known: int, strategy: str) 
         "calibrated_open_set_acc": float(
             ((correct & (novelty <= threshold)) | (~is_known & (novelty > threshold))).mean()
         ),
-        "ece_before": expected_calibration_error(raw[torch.from_numpy(is_known)], known_labels),
-        "ece_after": expected_calibration_error(probabilities[torch.from_numpy(is_known)], known_labels),
+        "ece_before": expected_calibration_error(raw[is_known], known_labels),
+        "ece_after": expected_calibration_error(probabilities[is_known], known_labels),
     }
 
 

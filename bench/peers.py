@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 import fewtune
@@ -34,27 +35,32 @@ from fewtune.evaluate.benchmark import Images, episode_accuracy
 from fewtune.evaluate.episodes import mean_ci95
 from fewtune.evaluate.settings import load_episodes, sample_settings, save_episodes
 from fewtune.features.embedding import embed_files
+from fewtune.geometry import normalize
 
 FEWTUNE = ["prototype", "probe", "auto", "prototype:transductive=true", "prototype:transductive=balanced"]
 EASYFSL = ["PrototypicalNetworks", "SimpleShot", "BDCSPN", "TIM", "PTMAP"]
+#: the spec a name in FEWTUNE runs: on frozen features ``auto`` chooses among the frozen strategies
+#: (its default candidates also hold ``finetune``, which needs the images: "fewtune finetune" below)
+FROZEN_SPECS = {"auto": 'auto:candidates=["probe", "prototype"]'}
 
 
-def easyfsl_accuracy(name: str, features: torch.Tensor, labels: list[int], episode) -> float:
+def easyfsl_accuracy(name: str, features: np.ndarray, labels: list[int], episode) -> float:
     import easyfsl.methods
 
     support, query = (torch.tensor(y) for y in episode.local_labels(labels))
     model = getattr(easyfsl.methods, name)(nn.Identity(), feature_normalization=2)
-    model.process_support_set(features[episode.support], support)
+    # easyfsl works on torch tensors: the episode's rows of the (NumPy) embeddings, as tensors
+    model.process_support_set(torch.from_numpy(features[episode.support]), support)
     with torch.set_grad_enabled(model.is_transductive()):  # TIM / PT-MAP optimise at inference
-        scores = model(features[episode.query])
+        scores = model(torch.from_numpy(features[episode.query]))
     return float((scores.argmax(1) == query).float().mean())
 
 
-def sklearn_accuracy(features: torch.Tensor, labels: list[int], episode) -> float:
+def sklearn_accuracy(features: np.ndarray, labels: list[int], episode) -> float:
     from sklearn.linear_model import LogisticRegression
 
     support, query = episode.local_labels(labels)
-    unit = torch.nn.functional.normalize(features, dim=1).numpy()
+    unit = normalize(features)
     model = LogisticRegression(max_iter=1000).fit(unit[episode.support], support)
     return float((model.predict(unit[episode.query]) == np.array(query)).mean())
 
@@ -179,7 +185,10 @@ def main() -> None:
             save_episodes(args.out.with_name(f"episodes-{folder.name}{suffix}.json"), dataset, settings)
         for setting in settings:
             methods = [
-                (f"fewtune {n}", lambda e, n=n: episode_accuracy(n, features, dataset.labels, e))
+                (
+                    f"fewtune {n}",
+                    lambda e, n=n: episode_accuracy(FROZEN_SPECS.get(n, n), features, dataset.labels, e),
+                )
                 for n in FEWTUNE
             ]
             methods += [
@@ -202,11 +211,13 @@ def main() -> None:
             for name, accuracy in [(n, a) for n, a in methods + tuning if n not in skip]:
                 fine_tuning = name in dict(tuning)
                 episodes = setting.episodes[: args.finetune_episodes] if fine_tuning else setting.episodes
-                torch.set_num_threads(
-                    threads if fine_tuning else 1
-                )  # tiny per-episode problems: see run_setting
-                started = time.perf_counter()
-                results = [accuracy(e) for e in episodes]
+                # tiny per-episode problems: one thread (see run_setting), torch's for easyfsl and
+                # NumPy's BLAS for fewtune's frozen strategies; scikit-learn keeps its defaults
+                torch.set_num_threads(threads if fine_tuning else 1)
+                blas = 1 if name.startswith("fewtune") and not fine_tuning else None
+                with threadpool_limits(blas):
+                    started = time.perf_counter()
+                    results = [accuracy(e) for e in episodes]
                 extra = {}
                 if isinstance(results[0], tuple):  # (accuracy, fit seconds, predict seconds)
                     extra = {

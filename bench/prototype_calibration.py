@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
+import numpy as np
 
 import fewtune
 from fewtune.evaluate.episodes import sample_episodes
 from fewtune.features.embedding import embed_files
 from fewtune.model.calibration import expected_calibration_error, fit_temperature
+from fewtune.numeric import softmax
 from fewtune.strategies.prototype import Prototype
 
 
@@ -32,14 +33,14 @@ def main() -> None:
     args = parser.parse_args()
     dataset = fewtune.load_dataset(args.data)
     embedded = embed_files(fewtune.create_backbone(), dataset.paths, cache=True)
-    features, labels = embedded.features, torch.tensor(dataset.labels)[embedded.kept]
+    features, labels = embedded.features, np.array(dataset.labels)[embedded.kept]
     assert len(embedded.kept) == len(dataset.paths), "every image must embed"
-    pooled: dict[str, list[torch.Tensor]] = {"T = 1": [], "plain leave-one-out": [], "held_out()": []}
+    pooled: dict[str, list[np.ndarray]] = {"T = 1": [], "plain leave-one-out": [], "held_out()": []}
     truth = []
     for episode in sample_episodes(dataset.labels, args.way, args.shot, 10, args.episodes, 0):
-        support, query = torch.tensor(episode.support), torch.tensor(episode.query)
-        y_support = torch.tensor([episode.classes.index(int(labels[i])) for i in support])
-        truth.append(torch.tensor([episode.classes.index(int(labels[i])) for i in query]))
+        support, query = np.array(episode.support), np.array(episode.query)
+        y_support = np.array([episode.classes.index(int(labels[i])) for i in support])
+        truth.append(np.array([episode.classes.index(int(labels[i])) for i in query]))
         prototype = Prototype()
         prototype.fit(features[support], y_support, args.way)
         test = prototype.logits(features[query])
@@ -51,13 +52,13 @@ def main() -> None:
             ("plain leave-one-out", fit_temperature(plain, y_support)[0]),
             ("held_out()", fit_temperature(held[0], held[1])[0]),
         ):
-            pooled[name].append((test / temperature).softmax(1))
-    answers = torch.cat(truth)
+            pooled[name].append(softmax(test / temperature))
+    answers = np.concatenate(truth)
     for name, probabilities in pooled.items():
-        p = torch.cat(probabilities)
+        p = np.concatenate(probabilities)
         ece = 100 * expected_calibration_error(p, answers)
-        confidence = 100 * float(p.max(1).values.mean())
-        accuracy = 100 * float((p.argmax(1) == answers).float().mean())
+        confidence = 100 * float(p.max(1).mean())
+        accuracy = 100 * float((p.argmax(1) == answers).mean())
         print(f"{name}: pooled ECE {ece:.2f}, mean confidence {confidence:.1f}, accuracy {accuracy:.1f}")
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-import torch
 
 import fewtune
 from fewtune.evaluate.episodes import mean_ci95, sample_episodes
@@ -36,9 +35,9 @@ from fewtune.model.openset import (
 )
 
 
-def lognormal(scores: torch.Tensor, target: float = TARGET_KNOWN_RECALL) -> float:
-    logs = scores.clamp_min(1e-6).log()
-    fit = math.exp(float(logs.mean()) + NormalDist().inv_cdf(target) * float(logs.std()))
+def lognormal(scores: np.ndarray, target: float = TARGET_KNOWN_RECALL) -> float:
+    logs = np.log(np.maximum(scores, 1e-6))
+    fit = math.exp(float(logs.mean()) + NormalDist().inv_cdf(target) * float(logs.std(ddof=1)))
     return max(conformal_quantile(scores, target), fit)
 
 
@@ -73,12 +72,12 @@ def main() -> None:
         )
         for episode in episodes:
             known = [i for i in episode.support if dataset.labels[i] in episode.classes[: args.way]]
-            labels = torch.tensor([episode.classes.index(dataset.labels[i]) for i in known])
+            labels = np.array([episode.classes.index(dataset.labels[i]) for i in known])
             held_out, _ = support_novelty(features[known], labels, args.way)
             assert held_out is not None
             prototypes = class_means(features[known], labels, args.way)
             truth = np.array([episode.classes.index(dataset.labels[i]) for i in episode.query])
-            scores = novelty(features[list(episode.query)], prototypes).numpy()
+            scores = novelty(features[list(episode.query)], prototypes)
             for rule, threshold_of in RULES.items():
                 threshold = threshold_of(held_out)
                 rejected[rule][0].append(float((scores[truth < args.way] > threshold).mean()))

@@ -5,7 +5,8 @@ a scratch folder; ``fewtune train`` runs once untimed to fill the cache, then is
 strategy in a fresh process, as a user would run it. With ``--repeat N`` each timing is taken N
 times, each beside a bare ``python -c "import torch"``, and the least is kept (the run least
 disturbed by the rest of a shared machine); ``torch_import_s`` then tells how much of the wall
-is torch's own import, which no fewtune code can shorten.
+is torch's own import, which no fewtune code can shorten, for a version whose warm ``train``
+imports torch (``--src``: since df5d115 none does).
 
     python bench/train_wall.py --data ../shared/data/caltech101 --classes 10,30,60
     python bench/train_wall.py --data ../shared/data/caltech101 --src OLD_CHECKOUT/src  # another version

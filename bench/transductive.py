@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peers import easyfsl_accuracy
+from threadpoolctl import threadpool_limits
 
 import fewtune
 from fewtune.evaluate.benchmark import episode_accuracy
@@ -56,20 +57,20 @@ def lopsided(episode: Episode, labels: list[int], rng: np.random.Generator) -> E
     return Episode(episode.classes, episode.support, query)
 
 
-def model_level_accuracy(features: torch.Tensor, labels: list[int], episode: Episode) -> float:
+def model_level_accuracy(features: np.ndarray, labels: list[int], episode: Episode) -> float:
     """`fewtune predict --transductive` on a `probe` classifier: the batch decides the mode, and
     where refining does not pay the classifier's own (inductive) answer stands."""
     from fewtune.model import transduction
     from fewtune.strategies import Probe
 
-    support_labels, query_labels = (torch.tensor(x) for x in episode.local_labels(labels))
+    support_labels, query_labels = (np.array(x) for x in episode.local_labels(labels))
     support, batch, way = features[episode.support], features[episode.query], len(episode.classes)
     probe = Probe()
     probe.fit(support, support_labels, way)
     inductive = probe.logits(batch)
     decided = transduction.decide(support, support_labels, way, batch, inductive.argmax(1))
     logits = inductive if decided is None else decided[0]
-    return float((logits.argmax(1) == query_labels).float().mean())
+    return float((logits.argmax(1) == query_labels).mean())
 
 
 def main() -> None:
@@ -84,7 +85,10 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = parser.parse_args()
     methods = args.methods.split(",")
-    torch.set_num_threads(1)  # tiny per-episode problems: threads cost more than they give
+    # tiny per-episode problems: threads cost more than they give, in torch (easyfsl) and in
+    # NumPy's BLAS (fewtune) alike
+    torch.set_num_threads(1)
+    threadpool_limits(1)
     backbone = fewtune.create_backbone()
     rows = []
     for folder in args.data:

@@ -7,7 +7,8 @@ prints the pooled ECE for several rules, among them the one constant temperature
 tasks' pooled test predictions best (a rule for other tasks, so fit it on development episodes
 only). At 1 shot the fitted temperature is 1 (nothing is held out). At 5 shots it exists only in
 code before the change it informed (commit e568b3c), where the cross-fitted tune also ran for
-``finetune``:
+``finetune``, and fewtune ran on torch: collect there with this script and ``default_path.py``
+as of 273971d (the last on torch), whose records this one still reads:
 
     git worktree add /tmp/before e568b3c && cd /tmp/before
     python /path/to/bench/tuned_temperature.py ../shared/data/omniglot --episodes 20 --out /tmp/tuned.pt
@@ -20,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,6 +31,7 @@ import default_path  # noqa: E402
 import fewtune  # noqa: E402
 from fewtune.evaluate.episodes import sample_episodes  # noqa: E402
 from fewtune.model.calibration import expected_calibration_error  # noqa: E402
+from fewtune.numeric import cross_entropy, softmax  # noqa: E402
 
 
 def collect(data: Path, way: int, shot: int, episodes: int, out: Path) -> None:
@@ -43,27 +46,31 @@ def collect(data: Path, way: int, shot: int, episodes: int, out: Path) -> None:
         records.append(
             {"tuned": bool(row["tuned"]), "raw": raw, "truth": truth, "T": trained[-1].temperature}
         )
-        torch.save(records, out)
+        torch.save(records, out)  # torch's file format: the one the torch-era version wrote (see above)
         print(i, row["closed_acc"], row["tuned"], round(trained[-1].temperature, 3), flush=True)
 
 
 def analyse(path: Path) -> None:
-    records = [r for r in torch.load(path, weights_only=False) if r["tuned"]]
-    truth = torch.cat([r["truth"] for r in records])
+    records = [
+        {**r, "raw": np.asarray(r["raw"]), "truth": np.asarray(r["truth"])}  # tensors if saved on torch
+        for r in torch.load(path, weights_only=False)
+        if r["tuned"]
+    ]
+    truth = np.concatenate([r["truth"] for r in records])
     rules = {"T = 1": lambda t: 1.0, "fitted": lambda t: t, "sqrt(fitted)": lambda t: t**0.5}
     print(f"{len(records)} tuned tasks")
     grid = [round(0.5 + 0.05 * i, 2) for i in range(51)]  # 0.5 .. 3.0
-    log_p = torch.cat([r["raw"].clamp_min(1e-12).log() for r in records])
-    nll = [float(torch.nn.functional.cross_entropy(log_p / t, truth)) for t in grid]
+    log_p = np.concatenate([np.log(np.maximum(r["raw"], 1e-12)) for r in records])
+    nll = [cross_entropy(log_p / t, truth) for t in grid]
     best = grid[nll.index(min(nll))]
     rules[f"one constant for every tuned task, least pooled NLL ({best})"] = lambda t: best
     for name, rule in rules.items():
-        probabilities = torch.cat(
-            [(r["raw"].clamp_min(1e-12).log() / rule(r["T"])).softmax(1) for r in records]
+        probabilities = np.concatenate(
+            [softmax(np.log(np.maximum(r["raw"], 1e-12)) / rule(r["T"])) for r in records]
         )
         ece = 100 * expected_calibration_error(probabilities, truth)
-        confidence = 100 * float(probabilities.max(1).values.mean())
-        accuracy = 100 * float((probabilities.argmax(1) == truth).float().mean())
+        confidence = 100 * float(probabilities.max(1).mean())
+        accuracy = 100 * float((probabilities.argmax(1) == truth).mean())
         print(f"{name}: pooled ECE {ece:.2f}, mean confidence {confidence:.1f}, accuracy {accuracy:.1f}")
 
 
