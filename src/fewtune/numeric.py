@@ -2,7 +2,7 @@
 (strategies on frozen embeddings, calibration, the open set, saving) runs without importing
 torch, whose import alone took 1.6-1.8 s of a 2 s warm ``train`` on a 2-core machine.
 
-:func:`randperm` draws the permutations ``torch.randperm`` drew from the same seed, so the folds
+:class:`Seeded` draws the permutations ``torch.randperm`` drew from the same seed, so the folds
 (and every number measured with them) stay what they were when this code ran on torch.
 """
 
