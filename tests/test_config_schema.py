@@ -177,7 +177,7 @@ def test_non_finite_tensors_are_refused(model, tiny_backbone):
         tensors[key][0, 0] = NAN
         save_id = json.loads((model / "config.json").read_text())["save_id"]
         save_file(tensors, model / name, metadata={"save_id": save_id})
-        with pytest.raises(FewtuneError, match=rf"{name} {key}: holds NaN or infinite values"):
+        with pytest.raises(FewtuneError, match=rf"^{model}/{name} {key}: holds NaN or infinite values"):
             fewtune.load(model, backbone=tiny_backbone)
         (model / name).write_bytes(original)
     assert fewtune.load(model, backbone=tiny_backbone).classes == ["blue", "green", "red"]

@@ -23,6 +23,7 @@ def test_novelty_grows_away_from_every_class():
     far = novelty(np.random.default_rng(1).standard_normal((20, features.shape[1])) * 3, prototypes)
     assert near.max() < far.min()
     assert novelty(prototypes, prototypes) == pytest.approx(np.zeros(3), abs=1e-6)
+    assert novelty(prototypes, prototypes).min() >= 0  # rounding never makes it -1e-7 ("-0.000")
 
 
 def test_threshold_accepts_most_known_examples():

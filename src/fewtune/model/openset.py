@@ -51,7 +51,7 @@ class OpenSet:
 
 def novelty(features: np.ndarray, class_prototypes: np.ndarray) -> np.ndarray:
     """(n,) in [0, 2]: 0 = identical direction to a prototype, higher = less like any known class."""
-    return 1 - (normalize(features) @ class_prototypes.T).max(axis=1)
+    return np.maximum(1 - (normalize(features) @ class_prototypes.T).max(axis=1), 0)  # not -1e-7
 
 
 def calibrate_threshold(

@@ -214,7 +214,10 @@ def _load_once(path: Path, backbone: Backbone | None) -> Classifier:
             f"{', '.join(support) or 'none'}; train the classifier again"
         )
     features, labels = support["features"].astype(np.float32), support["labels"].astype(np.int64)
-    check_tensors(config, support["features"], support["labels"], state)
+    try:
+        check_tensors(config, support["features"], support["labels"], state)
+    except FewtuneError as exc:  # its messages name the file within the folder
+        raise FewtuneError(f"{path}/{exc}") from None
     pretrained_support = support.get("pretrained_features")
     if pretrained_support is not None:
         if (
