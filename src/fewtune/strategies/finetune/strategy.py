@@ -162,7 +162,7 @@ class Finetune(Strategy):
                 self.tuning.update(unfreeze="none", why=f"{why}; but {compared}: kept frozen")
                 return backbone
             self.tuning["why"] += f"; {compared}"
-        targets = torch.from_numpy(labels)
+        targets = torch.tensor(labels, dtype=torch.long)
         train, validation = validation_split(targets, num_classes, self.config.val_split, self.config.seed)
         tuned = copy.deepcopy(backbone)
         result = tune_body(
@@ -201,7 +201,7 @@ class Finetune(Strategy):
 
         fold = stratified_folds(labels, num_classes, 2, seed=self.config.seed)
         train, held = np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)
-        targets = torch.from_numpy(labels[train])
+        targets = torch.tensor(labels[train], dtype=torch.long)
         copy_, train_pictures = copy.deepcopy(backbone), [pictures[i] for i in train]
         tune_body(copy_, train_pictures, targets, num_classes, self.config, top, progress=progress)
         tuned_train = torch.from_numpy(embed_images(copy_, train_pictures))
@@ -229,7 +229,7 @@ class Finetune(Strategy):
         from fewtune.strategies.finetune.head import choose_head, fit_head
 
         check_support(features, labels, num_classes)
-        x, y = torch.from_numpy(np.asarray(features, dtype=np.float32)), torch.from_numpy(labels)
+        x, y = torch.tensor(features, dtype=torch.float32), torch.tensor(labels, dtype=torch.long)
         train = self.head_trained
         why = "as saved"
         if train is None:
@@ -248,7 +248,7 @@ class Finetune(Strategy):
         if self.head is None:
             raise RuntimeError("call fit() first")
         with torch.no_grad():
-            return self.head(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
+            return self.head(torch.tensor(features, dtype=torch.float32)).numpy()
 
     @property
     def body_tuned(self) -> bool:
@@ -292,6 +292,6 @@ class Finetune(Strategy):
 
         from fewtune.strategies.finetune.head import CosineHead
 
-        weight = torch.from_numpy(np.asarray(state["weight"], dtype=np.float32))
+        weight = torch.tensor(state["weight"], dtype=torch.float32)
         self.head = CosineHead(weight, float(state["scale"][0])).requires_grad_(False)
         self._report = {"body": self.tuning, "head": {"trained": self.head_trained, "why": "as saved"}}
