@@ -115,7 +115,7 @@ def compare(old: Any, new: Any, where: str, gaps: dict[str, float], differences:
     elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for a, b in zip(old, new, strict=True):
             compare(a, b, f"{where}[]", gaps, differences)
-    elif isinstance(old, float) and isinstance(new, float) or isinstance(old, int) and isinstance(new, float):
+    elif isinstance(old, (int, float)) and isinstance(new, float):
         field = where.split(".", 1)[1]
         gap = 0.0 if old == new else abs(old - new)
         gaps[field] = max(gaps.get(field, 0.0), gap)

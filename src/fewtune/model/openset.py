@@ -51,7 +51,8 @@ class OpenSet:
 
 def novelty(features: np.ndarray, class_prototypes: np.ndarray) -> np.ndarray:
     """(n,) in [0, 2]: 0 = identical direction to a prototype, higher = less like any known class."""
-    return np.maximum(1 - (normalize(features) @ class_prototypes.T).max(axis=1), 0)  # not -1e-7
+    # at least 0: rounding made an input identical to a prototype -1e-7 (printed "-0.000")
+    return np.maximum(1 - (normalize(features) @ class_prototypes.T).max(axis=1), 0)
 
 
 def calibrate_threshold(
@@ -107,7 +108,7 @@ def support_novelty(
     similarity = leave_one_out_similarity(features, labels, num_classes)
     counts = np.bincount(labels, minlength=num_classes)
     own = np.arange(len(labels))
-    own_similarity = similarity[own, labels].copy()
+    own_similarity = similarity[own, labels]  # fancy indexing: a copy
     similarity[own, labels] = -np.inf
     best_other = similarity.max(axis=1)
     holdable = counts[labels] >= 2

@@ -142,9 +142,10 @@ def _refine(
     centres = _weighted_means(known, support_x)
     weights = np.full(num_classes, 1.0 / num_classes, dtype=np.float32)
     everything = np.concatenate([support_x, batch_x])
+    batch_squared = (batch_x**2).sum(1)[:, None]
 
     def assign(centres: np.ndarray) -> np.ndarray:
-        distances = (batch_x**2).sum(1)[:, None] + (centres**2).sum(1)[None, :] - 2 * batch_x @ centres.T
+        distances = batch_squared + (centres**2).sum(1)[None, :] - 2 * batch_x @ centres.T
         scores = -SHARPNESS * np.maximum(distances, 0)  # squared Euclidean distances
         if balanced:
             return _sinkhorn(scores)
